@@ -1,0 +1,159 @@
+"""What the worker writes: alert, drift-event and dead-letter payloads (pure, no Kafka).
+
+Alerts are JSON, one per flagged instance, so any subscriber can act on them without
+our code. Dead letters carry the original bytes unchanged; why and where they came from
+travels in headers, so the original record can be replayed as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+ALERT_SCHEMA = "distillation-monitor/alert/v1"
+DRIFT_SCHEMA = "distillation-monitor/drift/v1"
+DEAD_LETTER_PREFIX = "dmon."
+
+
+@dataclass(frozen=True)
+class DetectorIdentity:
+    """Which detector judged a record: copied into every alert and the info metric."""
+
+    name: str
+    version: str
+    loss_type: str
+    temperature: float
+    manifest_hash: str
+    threshold: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "loss_type": self.loss_type,
+            "temperature": self.temperature,
+            "manifest_hash": self.manifest_hash,
+            "threshold": self.threshold,
+        }
+
+
+def cap_context(context: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """Keep the record's context fields while they fit in ``max_bytes`` of JSON.
+
+    Fields are kept whole or dropped (in their original order), and the alert says how
+    many were dropped, so a subscriber never sees a silently cut value.
+    """
+    if max_bytes <= 0 or not context:
+        return {}
+    kept: dict[str, Any] = {}
+    used = 2
+    dropped = 0
+    for key, value in context.items():
+        try:
+            size = len(orjson.dumps({key: value}))
+        except TypeError:
+            dropped += 1
+            continue
+        if used + size <= max_bytes:
+            kept[key] = value
+            used += size
+        else:
+            dropped += 1
+    if dropped:
+        kept["_dropped_fields"] = dropped
+    return kept
+
+
+def alert_payload(
+    *,
+    record_id: str,
+    score: float,
+    detector: DetectorIdentity,
+    classifier_class: int,
+    distilled_class: int,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    source_timestamp_ms: int | None,
+    row: int,
+    context: dict[str, Any],
+    model: dict[str, str] | None,
+    scored_at: float | None = None,
+) -> bytes:
+    body: dict[str, Any] = {
+        "schema": ALERT_SCHEMA,
+        "id": record_id,
+        "score": score,
+        "threshold": detector.threshold,
+        "is_adversarial": True,
+        "detector": detector.as_dict(),
+        "classifier_class": classifier_class,
+        "distilled_class": distilled_class,
+        "source": {
+            "topic": source_topic,
+            "partition": source_partition,
+            "offset": source_offset,
+            "timestamp_ms": source_timestamp_ms,
+            "row": row,
+        },
+        "scored_at": time.time() if scored_at is None else scored_at,
+        "context": context,
+    }
+    if model:
+        body["model"] = model
+    return orjson.dumps(body)
+
+
+def drift_payload(
+    *,
+    detector: DetectorIdentity,
+    p_value: float,
+    statistic: float,
+    window: int,
+    reference_size: int,
+    source_topic: str,
+    threshold_p_value: float,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "schema": DRIFT_SCHEMA,
+            "event": "harmful_drift",
+            "p_value": p_value,
+            "statistic": statistic,
+            "p_value_threshold": threshold_p_value,
+            "window": window,
+            "reference_size": reference_size,
+            "detector": detector.as_dict(),
+            "source_topic": source_topic,
+            "detected_at": time.time(),
+        }
+    )
+
+
+def dead_letter_headers(
+    *,
+    reason: str,
+    detail: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    original: list[tuple[str, bytes | None]] | None,
+) -> list[tuple[str, bytes]]:
+    """The original headers, then ours under the ``dmon.`` prefix."""
+    headers: list[tuple[str, bytes]] = [
+        (k, v if v is not None else b"") for k, v in (original or [])
+    ]
+    headers += [
+        (DEAD_LETTER_PREFIX + "reason", reason.encode()),
+        (DEAD_LETTER_PREFIX + "error", detail.encode("utf-8", "replace")[:1024]),
+        (DEAD_LETTER_PREFIX + "source.topic", topic.encode()),
+        (DEAD_LETTER_PREFIX + "source.partition", str(partition).encode()),
+        (DEAD_LETTER_PREFIX + "source.offset", str(offset).encode()),
+    ]
+    if timestamp_ms is not None:
+        headers.append((DEAD_LETTER_PREFIX + "source.timestamp_ms", str(timestamp_ms).encode()))
+    return headers

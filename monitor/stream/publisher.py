@@ -1,0 +1,102 @@
+"""Producing alerts and dead letters, and knowing which ones the broker acknowledged.
+
+The delivery callback only records; errors surface in ``flush()``, on the worker's
+thread, where the batch's commit can be held back. Failed messages are kept whole so
+that they, and only they, can be produced again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from monitor.errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to produce; ``kind`` is alert, dead_letter or drift (for metrics)."""
+
+    topic: str
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]] | None
+    kind: str
+
+
+class Publisher:
+    """Producer wrapper that tracks delivery of everything produced since the last flush."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self._in_flight = 0
+        self._failed: list[tuple[Outgoing, KafkaError]] = []
+        self.delivered: Counter[str] = Counter()
+
+    def produce(self, out: Outgoing) -> None:
+        """Queue one message; waits for room when librdkafka's queue is full."""
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            self._in_flight -= 1
+            if err is None:
+                self.delivered[out.kind] += 1
+            else:
+                self._failed.append((out, err))
+
+        while True:
+            try:
+                self.producer.produce(
+                    out.topic, out.value, out.key, headers=out.headers, on_delivery=on_delivery
+                )
+                self._in_flight += 1
+                break
+            except BufferError:
+                self.producer.poll(0.05)
+        self.producer.poll(0)
+
+    def flush(self, timeout: float) -> list[tuple[Outgoing, KafkaError]]:
+        """Wait for every acknowledgement; returns (and forgets) the failures.
+
+        Raises ``DeliveryError`` when some messages are still unacknowledged after
+        ``timeout``: the caller must not commit then.
+        """
+        deadline = time.monotonic() + timeout
+        while self._in_flight > 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeliveryError(
+                    f"{self._in_flight} message(s) not acknowledged by the broker within {timeout:g}s"
+                )
+            self.producer.flush(min(left, 1.0))
+        failed, self._failed = self._failed, []
+        return failed
+
+    def take_failures_after_commit(self) -> list[tuple[Outgoing, KafkaError]]:
+        """Forget recorded failures once a transaction settled them (committed or aborted)."""
+        self.producer.poll(0)
+        failed, self._failed = self._failed, []
+        self._in_flight = max(0, self._in_flight)
+        return failed
+
+    def take_delivered(self) -> Counter[str]:
+        """Counts acknowledged since the last call, by kind."""
+        counts, self.delivered = self.delivered, Counter()
+        return counts
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+
+def describe(err: Any) -> str:
+    """One-line text for a KafkaError (or anything else)."""
+    if isinstance(err, KafkaError):
+        return f"{err.name()}: {err.str()}"
+    return str(err)

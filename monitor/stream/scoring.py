@@ -1,0 +1,136 @@
+"""The detector as the worker holds it: loaded, identified, scored per batch, hot-swapped.
+
+A reload builds the new detector completely before swapping it in between batches; if it
+fails (missing file, bad manifest, shapes that don't fit) the old one keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from monitor.stream.alerts import DetectorIdentity
+
+if TYPE_CHECKING:
+    from monitor.detector.distillation import ModelDistillation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    scores: np.ndarray  # float32 (n,)
+    flagged: np.ndarray  # bool (n,)
+    classifier_class: np.ndarray  # int (n,)
+    distilled_class: np.ndarray  # int (n,)
+
+
+def identity_of(detector: ModelDistillation) -> DetectorIdentity:
+    manifest = detector.manifest
+    if manifest is None:
+        raise ValueError("the worker needs a detector loaded from a directory (it has no manifest)")
+    if detector.threshold is None:
+        raise ValueError("the detector has no threshold: run infer_threshold before saving it")
+    return DetectorIdentity(
+        name=str(manifest.name),
+        version=str(manifest.version),
+        loss_type=str(detector.loss_type),
+        temperature=float(detector.temperature),
+        manifest_hash=str(manifest.sha256)[:16],
+        threshold=float(detector.threshold),
+    )
+
+
+class DetectorHandle:
+    """The current detector plus what the worker needs to know about it."""
+
+    def __init__(self, path: str | Path, batch_size: int) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.detector, self.identity = self._load()
+        self._manifest_mtime = self._mtime()
+
+    def _mtime(self) -> float:
+        try:
+            return os.stat(self.path / "manifest.json").st_mtime
+        except OSError:
+            return 0.0
+
+    def _load(self) -> tuple[ModelDistillation, DetectorIdentity]:
+        from monitor.detector.persistence import load_detector
+
+        detector = load_detector(self.path)
+        identity = identity_of(detector)
+        # Trace the scoring function once now, not on the first record.
+        warm = np.zeros((1, *detector.input_shape), dtype=np.float32)
+        detector.score(warm, batch_size=self.batch_size)
+        return detector, identity
+
+    def manifest_changed(self) -> bool:
+        return self._mtime() != self._manifest_mtime
+
+    def reload(self) -> bool:
+        """Load the detector again; keep the old one on any failure. True when swapped."""
+        try:
+            detector, identity = self._load()
+        except Exception as exc:  # fail safe: any error keeps the running detector
+            self._manifest_mtime = self._mtime()
+            log.error(
+                "detector reload from %s failed, keeping %s: %s",
+                self.path,
+                self.identity.manifest_hash,
+                exc,
+            )
+            return False
+        old = self.identity
+        if (
+            detector.input_shape != self.detector.input_shape
+            or detector.n_classes != self.detector.n_classes
+        ):
+            log.error(
+                "detector reload refused: input shape %s/%d classes differ from the running %s/%d",
+                detector.input_shape,
+                detector.n_classes,
+                self.detector.input_shape,
+                self.detector.n_classes,
+            )
+            self._manifest_mtime = self._mtime()
+            return False
+        self.detector, self.identity = detector, identity
+        self._manifest_mtime = self._mtime()
+        log.info(
+            "detector reloaded: %s v%s (%s) -> %s v%s (%s), threshold %.6g",
+            old.name,
+            old.version,
+            old.manifest_hash,
+            identity.name,
+            identity.version,
+            identity.manifest_hash,
+            identity.threshold,
+        )
+        return True
+
+    def score(self, X: np.ndarray, outputs: np.ndarray | None) -> BatchScores:
+        """Score a batch; with ``outputs`` (the classifier's logged output for every row)
+        only the distilled model runs. Batches where only some rows carry an output are
+        scored with the classifier (the decoder gives ``outputs`` only when all rows have one).
+        """
+        det = self.detector
+        if outputs is not None:
+            scores, y, y_d = det.score_outputs(
+                outputs, X, batch_size=self.batch_size, return_predictions=True
+            )
+        else:
+            scores, y, y_d = det.score(X, batch_size=self.batch_size, return_predictions=True)
+        scores = np.asarray(scores, dtype=np.float32)
+        return BatchScores(
+            scores=scores,
+            flagged=scores > self.identity.threshold,
+            classifier_class=np.argmax(y, axis=1),
+            distilled_class=np.argmax(y_d, axis=1),
+        )

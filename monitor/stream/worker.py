@@ -1,0 +1,561 @@
+"""The long-running worker: consume a micro-batch, score it, publish, commit. Repeat.
+
+Read ``Worker.run`` top to bottom for the whole story; each step is a short method.
+Delivery guarantees live in ``checkpoint``, decoding in ``records``, payloads in
+``alerts``; this module only sequences them and owns the Kafka clients' lifecycle.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from monitor.config import WorkerConfig
+from monitor.http import HealthServer
+from monitor.metrics import WorkerMetrics
+from monitor.stream.alerts import alert_payload, cap_context, dead_letter_headers, drift_payload
+from monitor.stream.batcher import Batcher
+from monitor.stream.checkpoint import (
+    TP,
+    AtLeastOnceCheckpoint,
+    BatchOffsets,
+    TransactionalCheckpoint,
+)
+from monitor.stream.drift import DriftResult, DriftWindow
+from monitor.stream.publisher import Outgoing, Publisher, describe
+from monitor.stream.records import InputSpec, Reason, RecordDecoder, RecordFormat, record_identity
+from monitor.stream.scoring import DetectorHandle
+
+log = logging.getLogger("monitor.worker")
+
+IDLE_POLL_S = 0.5
+SCORING_ERROR = "scoring_error"
+
+
+@dataclass
+class RunSummary:
+    """What one ``run()`` did; also logged at exit."""
+
+    consumed: int = 0
+    scored: int = 0
+    flagged: int = 0
+    dead_lettered: int = 0
+    ignored: int = 0
+    batches: int = 0
+    rewound_batches: int = 0
+
+
+class Worker:
+    """Consumes inference records, scores them in micro-batches, publishes alerts."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        registry: CollectorRegistry | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.handle_signals = handle_signals
+        self.summary = RunSummary()
+        self.metrics_port: int | None = None
+        self._stop = threading.Event()
+        self._stop_at: float | None = None
+        self._reload = threading.Event()
+        self._assigned: set[TP] = set()
+        self._carry: list[Message] = []
+        self._last_loop = time.monotonic()
+        self._ready = False
+        self._lag_total = 0
+        self._started = time.monotonic()
+        self._last_summary = time.monotonic()
+        self._summary_base = RunSummary()
+        self.batcher: Batcher[Message] = Batcher(
+            config.max_batch_size, config.max_batch_wait_ms / 1000.0
+        )
+
+    # -- control from outside (signals, tests) -----------------------------------------
+    def request_stop(self) -> None:
+        if not self._stop.is_set():
+            self._stop_at = time.monotonic()
+            self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self, max_records: int | None = None) -> RunSummary:
+        """Run until stopped (signal, ``request_stop``) or ``max_records`` were consumed."""
+        cfg = self.config
+        with ExitStack() as stack:
+            self.handle = DetectorHandle(cfg.detector, cfg.max_batch_size)
+            self.decoder_format = RecordFormat(cfg.record_format)
+            self.decoder = RecordDecoder(
+                InputSpec(
+                    shape=tuple(self.handle.detector.input_shape),
+                    n_classes=int(self.handle.detector.n_classes),
+                    max_message_bytes=cfg.max_message_bytes,
+                ),
+                self.decoder_format,
+            )
+            self.metrics = self._make_metrics()
+            self.drift = self._make_drift()
+            server = HealthServer(
+                self.registry, cfg.metrics_host, cfg.metrics_port, self._readiness
+            )
+            self.metrics_port = server.start()
+            stack.callback(server.stop)
+            log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, self.metrics_port)
+
+            self.producer = Producer({**cfg.producer_conf(), "error_cb": self._on_kafka_error})
+            self.publisher = Publisher(self.producer)
+            stack.callback(self._flush_producer)
+            self.consumer = Consumer(
+                {
+                    **cfg.consumer_conf(),
+                    "error_cb": self._on_kafka_error,
+                    "stats_cb": self._on_stats,
+                }
+            )
+            stack.callback(self._close_consumer)
+            self.checkpoint = self._make_checkpoint()
+            self.consumer.subscribe(
+                [cfg.input_topic],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            if self.handle_signals:
+                self._install_signals(stack)
+            self.metrics.set_up(True)
+            log.info(
+                "worker started: %s -> alerts %s, dead letters %s, group %s, %s mode, detector %s v%s",
+                cfg.input_topic,
+                cfg.alert_topic,
+                cfg.dead_letter_topic,
+                cfg.group_id,
+                "exactly-once" if cfg.exactly_once else "at-least-once",
+                self.handle.identity.name,
+                self.handle.identity.version,
+            )
+            while not self._stop.is_set():
+                self._last_loop = time.monotonic()
+                self._maybe_reload()
+                batch = self._next_batch()
+                if batch:
+                    self._process(batch)
+                self._maybe_log_summary()
+                if max_records is not None and self.summary.consumed >= max_records:
+                    break
+            self._ready = False
+            self.metrics.set_ready(False)
+        self._log_summary(final=True)
+        return self.summary
+
+    def _next_batch(self) -> list[Message]:
+        """Consume until the batch is full or old enough (or a stop is requested)."""
+        batcher = self.batcher
+        if self._carry:
+            batcher.add(self._carry)
+            self._carry = []
+        while not batcher.is_due() and not self._stop.is_set():
+            timeout = batcher.time_left() if len(batcher) else IDLE_POLL_S
+            messages = self.consumer.consume(num_messages=batcher.room, timeout=timeout)
+            if messages:
+                batcher.add(self._usable(messages))
+            elif not len(batcher):
+                return []
+        return batcher.take()
+
+    def _usable(self, messages: list[Message]) -> list[Message]:
+        """Drop error events (logged and counted); they are not records."""
+        good = [m for m in messages if m.error() is None]
+        if len(good) != len(messages):
+            for m in messages:
+                err = m.error()
+                if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", describe(err))
+                    self.metrics.broker_error(err.name())
+        return good
+
+    def _process(self, messages: list[Message]) -> None:
+        """Decode, score, publish and commit one batch."""
+        started = time.perf_counter()
+        offsets = BatchOffsets.of(messages)
+        self.checkpoint.begin(offsets)
+        decoded = self.decoder.decode(messages)
+        for dead in decoded.dead:
+            self._publish_dead_letter(messages[dead.index], str(dead.reason), dead.detail)
+        scores = None
+        if len(decoded.X):
+            try:
+                use_output = self.config.use_record_output
+                scores = self.handle.score(decoded.X, decoded.outputs if use_output else None)
+            except Exception as exc:  # a scoring bug must not lose the records: dead-letter them
+                log.exception("scoring failed for a batch of %d rows", len(decoded.X))
+                for index in sorted(set(decoded.row_message.tolist())):
+                    self._publish_dead_letter(
+                        messages[index], SCORING_ERROR, f"scoring failed: {exc}"
+                    )
+            else:
+                for row in np.flatnonzero(scores.flagged):
+                    self._publish_alert(messages, decoded, scores, int(row))
+        drift = self._check_drift(scores.scores) if scores is not None else []
+        if not self.checkpoint.commit(offsets):
+            self.summary.rewound_batches += 1
+            return
+        self._account(messages, decoded, scores, time.perf_counter() - started)
+        for result in drift:
+            self.metrics.set_drift(result.p_value, result.drifted)
+            if result.drifted:
+                self.metrics.drift_event()
+
+    # -- publishing ----------------------------------------------------------------------
+    def _publish_alert(self, messages: list[Message], decoded: Any, scores: Any, row: int) -> None:
+        message = messages[int(decoded.row_message[row])]
+        row_in_message = int(decoded.row_in_message[row])
+        ident = record_identity(message, self.decoder_format, row_in_message)
+
+        ts_type, ts = message.timestamp()
+        model = ident.model.as_dict() if ident.model is not None else None
+        payload = alert_payload(
+            record_id=ident.id,
+            score=float(scores.scores[row]),
+            detector=self.handle.identity,
+            classifier_class=int(scores.classifier_class[row]),
+            distilled_class=int(scores.distilled_class[row]),
+            source_topic=message.topic(),
+            source_partition=message.partition(),
+            source_offset=message.offset(),
+            source_timestamp_ms=ts if ts_type else None,
+            row=row_in_message,
+            context=cap_context(ident.context, self.config.max_context_bytes),
+            model=model,
+        )
+        key = ident.key if ident.key is not None else ident.id.encode()
+        self.checkpoint.publish(Outgoing(self.config.alert_topic, payload, key, None, "alert"))
+
+    def _publish_dead_letter(self, message: Message, reason: str, detail: str) -> None:
+        ts_type, ts = message.timestamp()
+        headers = dead_letter_headers(
+            reason=reason,
+            detail=detail,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            timestamp_ms=ts if ts_type else None,
+            original=message.headers(),
+        )
+        value = message.value() or b""
+        self.checkpoint.publish(
+            Outgoing(self.config.dead_letter_topic, value, message.key(), headers, "dead_letter")
+        )
+        self.metrics.records_dead_lettered(reason)
+        self.summary.dead_lettered += 1
+
+    def _account(self, messages: list[Message], decoded: Any, scores: Any, seconds: float) -> None:
+        """Metrics and counters for a committed batch."""
+        m = self.metrics
+        s = self.summary
+        n = len(messages)
+        s.consumed += n
+        s.batches += 1
+        m.records_consumed(n)
+        for _index, kind in decoded.ignored:
+            m.records_ignored(kind)
+        s.ignored += len(decoded.ignored)
+        delivered = self.publisher.take_delivered()
+        if delivered.get("alert"):
+            m.alerts_published(delivered["alert"])
+        if scores is not None:
+            m.records_scored(scores.scores, scores.flagged, self._row_labels(decoded))
+            s.scored += len(scores.scores)
+            s.flagged += int(scores.flagged.sum())
+        m.batch_processed(n, seconds)
+        stamps = np.fromiter((msg.timestamp()[1] for msg in messages), dtype=np.float64, count=n)
+        stamps = stamps[stamps > 0] / 1000.0
+        if stamps.size:
+            now = time.time()
+            m.end_to_end_latency(np.maximum(now - stamps, 0.0))
+            m.last_record_timestamp(float(stamps.max()))
+
+    def _row_labels(self, decoded: Any) -> Sequence[tuple[str, str, str]] | None:
+        labels = decoded.model_labels
+        if not any(label is not None for label in labels):
+            return None
+        per_message = [
+            (lab.model_name or "", lab.model_version or "", lab.namespace or "")
+            if lab is not None
+            else ("", "", "")
+            for lab in labels
+        ]
+        return [per_message[i] for i in decoded.row_message.tolist()]
+
+    def _check_drift(self, scores: np.ndarray) -> list[DriftResult]:
+        """Feed the drift window; a drifted window's event joins the batch's outputs."""
+        if self.drift is None:
+            return []
+        results = self.drift.add(scores)
+        for result in results:
+            if not result.drifted:
+                continue
+            log.warning(
+                "harmful drift: KS p-value %.3g < %.3g over the last %d records",
+                result.p_value,
+                self.drift.p_value,
+                result.window,
+            )
+            payload = drift_payload(
+                detector=self.handle.identity,
+                p_value=result.p_value,
+                statistic=result.statistic,
+                window=result.window,
+                reference_size=int(self.drift.reference.size),
+                source_topic=self.config.input_topic,
+                threshold_p_value=self.drift.p_value,
+            )
+            self.checkpoint.publish(
+                Outgoing(self.config.effective_drift_topic, payload, b"drift", None, "drift")
+            )
+        return results
+
+    # -- group membership ----------------------------------------------------------------
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned.update((p.topic, p.partition) for p in partitions)
+        self.metrics.set_assigned_partitions(len(self._assigned))
+        self._ready = True
+        self.metrics.set_ready(True)
+        log.info("assigned %s", _names(partitions))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {(p.topic, p.partition) for p in partitions}
+        dropped = self._forget(gone)
+        self._assigned -= gone
+        self.metrics.set_assigned_partitions(len(self._assigned))
+        log.info(
+            "revoked %s%s",
+            _names(partitions),
+            f" (dropped {dropped} unscored records for the new owner)" if dropped else "",
+        )
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions lost (session timed out): %s", _names(partitions))
+        self._on_revoke(consumer, partitions)
+
+    def _forget(self, tps: set[TP]) -> int:
+        """Drop not-yet-processed records of these partitions."""
+
+        def of(m: Message) -> bool:
+            return (m.topic(), m.partition()) in tps
+
+        before = len(self._carry)
+        self._carry = [m for m in self._carry if not of(m)]
+        return self.batcher.drop_where(of) + before - len(self._carry)
+
+    # -- services the checkpoint needs (ConsumerHost) -------------------------------------
+    def is_assigned(self, tp: TP) -> bool:
+        return tp in self._assigned
+
+    def stopping_past_deadline(self) -> bool:
+        return (
+            self._stop_at is not None
+            and time.monotonic() - self._stop_at > self.config.shutdown_timeout_s
+        )
+
+    def serve_group(self, seconds: float) -> None:
+        """Wait while staying in the group: records arriving meanwhile are kept for later."""
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        deadline = time.monotonic() + seconds
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self._last_loop = time.monotonic()
+                self._carry.extend(
+                    self._usable(self.consumer.consume(num_messages=100, timeout=min(left, 0.5)))
+                )
+        finally:
+            still = [tp for tp in self.consumer.assignment()]
+            if still:
+                self.consumer.resume(still)
+
+    def rewind(self, offsets: BatchOffsets) -> None:
+        """Seek back to the batch's first offsets so it is consumed and processed again."""
+        targets = offsets.rewind_list(self.is_assigned)
+        self._forget({(tp.topic, tp.partition) for tp in targets})
+        for tp in targets:
+            try:
+                self.consumer.seek(tp)
+            except Exception as exc:  # partition gone meanwhile: the new owner has it
+                log.warning("could not rewind %s[%d]: %s", tp.topic, tp.partition, exc)
+
+    # -- construction helpers -------------------------------------------------------------
+    def _make_metrics(self) -> WorkerMetrics:
+        cfg = self.config
+        ident = self.handle.identity
+        metrics = WorkerMetrics(
+            self.registry,
+            input_topic=cfg.input_topic,
+            detector_name=ident.name,
+            threshold=ident.threshold,
+            score_buckets=cfg.score_bucket_bounds,
+            rate_window=cfg.rate_window,
+            max_label_values=cfg.max_label_values,
+            dead_letter_reasons=[str(r) for r in Reason] + [SCORING_ERROR],
+            include_process=True,
+        )
+        metrics.set_detector(
+            name=ident.name,
+            version=ident.version,
+            loss_type=ident.loss_type,
+            temperature=ident.temperature,
+            manifest_hash=ident.manifest_hash,
+            threshold=ident.threshold,
+        )
+        return metrics
+
+    def _make_drift(self) -> DriftWindow | None:
+        cfg = self.config
+        if cfg.drift_window <= 0:
+            return None
+        manifest = self.handle.detector.manifest
+        reference = np.asarray(manifest.reference_scores if manifest else [], dtype=np.float64)
+        return DriftWindow(reference, cfg.drift_window, cfg.drift_p_value)
+
+    def _make_checkpoint(self) -> AtLeastOnceCheckpoint | TransactionalCheckpoint:
+        if not self.config.exactly_once:
+            return AtLeastOnceCheckpoint(self, self.publisher, self.metrics)
+        checkpoint = TransactionalCheckpoint(self, self.publisher, self.metrics)
+        checkpoint.init()
+        log.info(
+            "transactions initialised (transactional.id %s)", self.config.effective_transactional_id
+        )
+        return checkpoint
+
+    def _maybe_reload(self) -> None:
+        wanted = self._reload.is_set() or (
+            self.config.reload_on_change and self.handle.manifest_changed()
+        )
+        if not wanted:
+            return
+        self._reload.clear()
+        if self.handle.reload():
+            ident = self.handle.identity
+            self.metrics.detector_reloaded()
+            self.metrics.set_detector(
+                name=ident.name,
+                version=ident.version,
+                loss_type=ident.loss_type,
+                temperature=ident.temperature,
+                manifest_hash=ident.manifest_hash,
+                threshold=ident.threshold,
+            )
+        else:
+            self.metrics.detector_reload_failed()
+
+    # -- callbacks, health, shutdown -------------------------------------------------------
+    def _readiness(self) -> tuple[bool, str]:
+        if not self._ready:
+            return False, "no partitions assigned yet"
+        if not self._assigned:
+            return False, "no partitions assigned"
+        stalled = time.monotonic() - self._last_loop
+        if stalled > 60:
+            return False, f"consume loop stalled for {stalled:.0f}s"
+        return True, "ok"
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        self.metrics.broker_error(err.name())
+        if err.fatal():
+            log.error("fatal Kafka error: %s", describe(err))
+            self.request_stop()
+        else:
+            log.warning("Kafka: %s", describe(err))
+
+    def _on_stats(self, stats_json: str) -> None:
+        self.metrics.update_from_stats(stats_json)
+        try:
+            stats = orjson.loads(stats_json)
+            lag = 0
+            for topic in stats.get("topics", {}).values():
+                for part in topic.get("partitions", {}).values():
+                    value = part.get("consumer_lag", -1)
+                    if part.get("partition", -1) >= 0 and value > 0:
+                        lag += value
+            self._lag_total = lag
+        except (orjson.JSONDecodeError, AttributeError, TypeError):
+            pass
+
+    def _install_signals(self, stack: ExitStack) -> None:
+        def on_stop(signum: int, _frame: FrameType | None) -> None:
+            log.info(
+                "%s received: finishing the current batch and stopping", signal.Signals(signum).name
+            )
+            self.request_stop()
+
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            log.info("SIGHUP received: reloading the detector between batches")
+            self.request_reload()
+
+        for sig, handler in (
+            (signal.SIGTERM, on_stop),
+            (signal.SIGINT, on_stop),
+            (signal.SIGHUP, on_hup),
+        ):
+            previous = signal.signal(sig, handler)
+            stack.callback(signal.signal, sig, previous)
+
+    def _flush_producer(self) -> None:
+        left = self.producer.flush(self.config.shutdown_timeout_s)
+        if left:
+            log.warning(
+                "%d message(s) not delivered before exit; their batch was not committed", left
+            )
+
+    def _close_consumer(self) -> None:
+        if isinstance(self.checkpoint, TransactionalCheckpoint):
+            self.checkpoint.abort(None)
+        try:
+            self.consumer.close()
+        except Exception as exc:
+            log.warning("consumer close: %s", exc)
+        self.metrics.set_up(False)
+
+    def _maybe_log_summary(self) -> None:
+        interval = self.config.summary_interval_s
+        if interval > 0 and time.monotonic() - self._last_summary >= interval:
+            self._log_summary(final=False)
+
+    def _log_summary(self, final: bool) -> None:
+        now = time.monotonic()
+        s, base = self.summary, self._summary_base
+        elapsed = max(now - (self._started if final else self._last_summary), 1e-9)
+        consumed = s.consumed - (0 if final else base.consumed)
+        log.info(
+            "%s: %.0f records/s, consumed %d, scored %d, flagged %d, dead letters %d, lag %d",
+            "finished" if final else "progress",
+            consumed / elapsed,
+            s.consumed,
+            s.scored,
+            s.flagged,
+            s.dead_lettered,
+            self._lag_total,
+        )
+        self._last_summary = now
+        self._summary_base = RunSummary(**vars(s))
+
+
+def _names(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"

@@ -1,0 +1,110 @@
+"""Configuration precedence, validation and secret redaction."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from monitor.config import (
+    OPTIONS,
+    add_arguments,
+    load_config,
+    reference_markdown,
+)
+from monitor.errors import ConfigError
+
+
+@pytest.fixture
+def detector_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "det"
+    d.mkdir()
+    (d / "manifest.json").write_text(json.dumps({"format_version": 1}))
+    return d
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_defaults_match_the_documented_ones(detector_dir: Path) -> None:
+    cfg = load_config(parse("--detector", str(detector_dir)), environ={})
+    assert cfg.bootstrap_servers == "127.0.0.1:19092"
+    assert cfg.max_batch_size == 512
+    assert cfg.max_batch_wait_ms == 100
+    assert cfg.record_format == "json"
+    assert cfg.exactly_once is False
+
+
+def test_flags_beat_environment_which_beats_the_file(detector_dir: Path, tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        f'detector = "{detector_dir}"\nmax-batch-size = 7\ninput_topic = "from-file"\n'
+        'group_id = "file-group"\n[kafka]\n"socket.timeout.ms" = 1234\n'
+    )
+    env = {"DMON_MAX_BATCH_SIZE": "9", "DMON_INPUT_TOPIC": "from-env"}
+    cfg = load_config(parse("--config", str(toml), "--input-topic", "from-cli"), environ=env)
+    assert cfg.input_topic == "from-cli"
+    assert cfg.max_batch_size == 9
+    assert cfg.group_id == "file-group"
+    assert cfg.kafka == {"socket.timeout.ms": "1234"}
+
+
+def test_kafka_options_pass_through_from_env_and_flags(detector_dir: Path) -> None:
+    env = {"DMON_KAFKA_SASL_PASSWORD": "hunter2", "DMON_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
+    cfg = load_config(
+        parse("--detector", str(detector_dir), "--kafka-option", "sasl.mechanism=PLAIN"),
+        environ=env,
+    )
+    conf = cfg.consumer_conf()
+    assert conf["sasl.password"] == "hunter2"
+    assert conf["security.protocol"] == "SASL_PLAINTEXT"
+    assert conf["sasl.mechanism"] == "PLAIN"
+    assert "hunter2" not in repr(cfg.redacted())
+
+
+def test_consumer_never_auto_commits(detector_dir: Path) -> None:
+    conf = load_config(parse("--detector", str(detector_dir)), environ={}).consumer_conf()
+    assert conf["enable.auto.commit"] is False
+    assert conf["enable.auto.offset.store"] is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ((), {}, "--detector is required"),
+        (("--detector", "/nonexistent/x"), {}, "does not exist"),
+        (("--max-batch-size", "0"), {}, "below the minimum"),
+        (("--max-batch-size", "lots"), {}, "max_batch_size"),
+        ((), {"DMON_EXACTLY_ONCE": "maybe"}, "expected true or false"),
+        (("--kafka-option", "enable.auto.commit=true"), {}, "managed by the worker"),
+        (("--kafka-option", "novalue"), {}, "KEY=VALUE"),
+        (("--alert-topic", "inference-records"), {}, "must differ"),
+        (("--score-buckets", "3,2,1"), {}, "strictly increasing"),
+    ],
+)
+def test_invalid_configuration_is_one_clear_error(
+    detector_dir: Path, argv: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    args = list(argv)
+    if "--detector" not in args and message != "--detector is required":
+        args += ["--detector", str(detector_dir)]
+    with pytest.raises(ConfigError, match=message):
+        load_config(parse(*args), environ=env)
+
+
+def test_unknown_key_in_file_is_refused(tmp_path: Path, detector_dir: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('detectr = "x"\n')
+    with pytest.raises(ConfigError, match="unknown option 'detectr'"):
+        load_config(parse("--config", str(toml), "--detector", str(detector_dir)), environ={})
+
+
+def test_reference_table_lists_every_option() -> None:
+    table = reference_markdown()
+    for opt in OPTIONS:
+        assert f"`{opt.flag}`" in table and f"`{opt.env}`" in table
