@@ -51,3 +51,7 @@ class FencedError(MonitorError):
 
 class LocalKafkaError(MonitorError):
     """The project's local broker could not be fetched, started or reached."""
+
+
+class MetricsServerError(MonitorError):
+    """The /metrics and health HTTP server could not bind its host and port."""
