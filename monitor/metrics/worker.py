@@ -278,7 +278,8 @@ class WorkerMetrics:
             return [(UNKNOWN, UNKNOWN, UNKNOWN)], None
         if len(labels) != n:
             raise ValueError(f"{n} scores but {len(labels)} label tuples")
-        distinct = list(set(labels))  # hashing in C; no per-row Python frame
+        # First-seen order (so the label limit admits the earliest); hashing runs in C.
+        distinct = list(dict.fromkeys(labels))
         bounded = [self._model_key(t) for t in distinct]
         if len(set(bounded)) == 1:
             return [bounded[0]], None
