@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import fcntl
 import hashlib
@@ -396,15 +397,12 @@ def _spawn(java: str) -> int:
 
 
 def _tail(path: Path, lines: int) -> list[str]:
+    """Last ``lines`` lines of a file (the broker log rolls over at 20 MB)."""
     try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 200 * lines - 4096))
-            text = handle.read().decode(errors="replace")
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return list(collections.deque(handle, maxlen=lines))
     except OSError:
         return []
-    return text.splitlines()[-lines:]
 
 
 def log_tail(lines: int = 40) -> str:
@@ -572,7 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "status":
             return _status()
         elif args.command == "logs":
-            print(log_tail(args.lines))
+            if not LOG_FILE.exists():
+                raise LocalKafkaError(f"no broker log yet at {LOG_FILE}")
+            print("".join(_tail(LOG_FILE, args.lines)), end="")
         elif args.command == "restart":
             print(restart(args.timeout))
     except LocalKafkaError as exc:
