@@ -31,6 +31,10 @@ class UnsafePickleError(DetectorFormatError):
     """A legacy pickle asked for something the restricted reader does not allow."""
 
 
+class DataFileError(MonitorError, ValueError):
+    """A data file is missing, unreadable or not a numeric array."""
+
+
 class DecodeError(MonitorError):
     """A record could not be turned into an instance; keeps the raw bytes for the dead letter."""
 

@@ -20,6 +20,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 DEFAULT_AGREEMENT = 0.95
+DEFAULT_TEMPERATURE = 0.5
+DEFAULT_LOSS_TYPE = "kld"
 # Inputs at least this tall and wide (H, W) or (H, W, C<=4) are treated as images.
 MIN_IMAGE_SIDE = 16
 
@@ -139,3 +141,34 @@ def holdout_split(
     k = min(n - minimum, max(minimum, math.ceil(n * fraction)))
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[k:]), np.sort(order[:k])
+
+
+def fit_until_agreement(
+    detector: Any,
+    X: np.ndarray,
+    target: float = DEFAULT_AGREEMENT,
+    holdout_fraction: float = 0.2,
+    max_epochs: int = 300,
+    batch_size: int = 128,
+    seed: int = 0,
+    verbose: bool = True,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> tuple[np.ndarray, AgreementStopping]:
+    """Train ``detector`` on part of ``X`` until its agreement target is met on the rest.
+
+    Returns the held-out rows (clean data the distilled model never saw, the right data
+    for ``infer_threshold``) and the stopping callback (its ``history`` shows the
+    agreement per epoch).
+    """
+    train_rows, holdout_rows = holdout_split(len(X), holdout_fraction, seed)
+    x_train, x_holdout = X[train_rows], X[holdout_rows]
+    reference = detector.classifier_outputs(x_holdout)
+    stopper = AgreementStopping(x_holdout, reference, target=target)
+    detector.fit(
+        x_train,
+        epochs=max_epochs,
+        batch_size=batch_size,
+        verbose=verbose,
+        callbacks=[stopper, *(callbacks or [])],
+    )
+    return x_holdout, stopper

@@ -39,6 +39,7 @@ DEFAULT_BATCH_SIZE = 1024
 # Logged classifier outputs may be rounded (e.g. JSON with a few decimals).
 PROBABILITY_SUM_TOLERANCE = 1e-2
 _MAX_ROWS_NAMED = 10
+DEFAULT_REFERENCE_SIZE = 2000
 
 ScoreResult = np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -54,6 +55,19 @@ def nonfinite_rows(x: np.ndarray) -> np.ndarray:
     if x.dtype.kind not in "fc" or x.size == 0:
         return np.empty(0, dtype=np.int64)
     return np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+
+
+def reference_sample(
+    scores: np.ndarray, size: int = DEFAULT_REFERENCE_SIZE, seed: int = 0
+) -> list[float]:
+    """Up to ``size`` of ``scores`` (a seeded sample without replacement), sorted.
+
+    A sample, not quantiles, so that a two-sample KS test against it keeps its meaning.
+    """
+    sample = np.asarray(scores, dtype=np.float32)
+    if len(sample) > size:
+        sample = sample[np.random.default_rng(seed).choice(len(sample), size, replace=False)]
+    return [float(s) for s in np.sort(sample)]
 
 
 def _as_numeric_array(x: Any, what: str) -> np.ndarray:
@@ -323,7 +337,7 @@ class ModelDistillation:
         threshold_perc: float = 99.0,
         margin: float = 0.0,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        reference_size: int = 2000,
+        reference_size: int = DEFAULT_REFERENCE_SIZE,
         seed: int = 0,
     ) -> float:
         """Set the threshold to the ``threshold_perc`` percentile of ``score(X)`` plus ``margin``.
@@ -340,11 +354,7 @@ class ModelDistillation:
         self.threshold = float(np.percentile(scores.astype(np.float64), threshold_perc)) + float(
             margin
         )
-        sample = scores
-        if len(scores) > reference_size:
-            pick = np.random.default_rng(seed).choice(len(scores), reference_size, replace=False)
-            sample = scores[pick]
-        self.reference_scores = [float(s) for s in np.sort(sample)]
+        self.reference_scores = reference_sample(scores, reference_size, seed)
         return self.threshold
 
     def score(

@@ -264,9 +264,22 @@ def save_detector(
     return manifest
 
 
-def _load_model(where: Path, manifest: Manifest, file: str) -> Any:
+def load_keras_model(path: Path) -> Any:
+    """A Keras model file (``.keras`` or legacy ``.h5``) loaded in safe mode, uncompiled."""
     import keras
 
+    if not path.is_file():
+        raise DetectorFormatError(f"{path}: missing")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises anything from zipfile, h5py, json, layers...
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DetectorFormatError(
+            f"{path}: cannot load the model: {type(exc).__name__}: {detail}"
+        ) from exc
+
+
+def _load_model(where: Path, manifest: Manifest, file: str) -> Any:
     path = where / file
     if not path.is_file():
         raise DetectorFormatError(f"{where}: {file} is missing")
@@ -277,13 +290,7 @@ def _load_model(where: Path, manifest: Manifest, file: str) -> Any:
         raise DetectorFormatError(
             f"{path}: file is corrupt or was changed after saving (sha256 does not match the manifest)"
         )
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # Keras raises anything from zipfile, h5py, json, layers...
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise DetectorFormatError(
-            f"{path}: cannot load the model: {type(exc).__name__}: {detail}"
-        ) from exc
+    return load_keras_model(path)
 
 
 def load_detector(path: str | os.PathLike[str]) -> ModelDistillation:
