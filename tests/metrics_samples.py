@@ -1,12 +1,15 @@
-"""A WorkerMetrics with every metric populated, for exposition, promtool and dashboard tests.
+"""Helpers for the monitoring tests: populated metrics and the dashboard's queries.
 
-Shaped like a real run: three model label sets, dead letters, drift, consumer statistics
-as librdkafka emits them (fields trimmed to the ones that matter, values as observed on
-the local broker).
+``populated_metrics()`` is shaped like a real run: three model label sets, dead letters,
+drift, consumer statistics as librdkafka emits them (fields trimmed to the ones that
+matter, values as observed on the local broker).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.metrics import WorkerMetrics
 
+DASHBOARD = (
+    Path(__file__).resolve().parents[1]
+    / "deploy"
+    / "grafana"
+    / "dashboards"
+    / "distillation-monitor.json"
+)
 THRESHOLD = 0.05
 INPUT_TOPIC = "inference-records"
 DEAD_LETTER_REASONS = ("invalid_json", "wrong_shape", "non_finite")
@@ -146,3 +156,47 @@ def exposition(m: WorkerMetrics) -> str:
 def sample_names(text: str) -> set[str]:
     """Every sample name (e.g. ``x_total``, ``x_bucket``) in a text exposition."""
     return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+# -- the dashboard's queries -------------------------------------------------------------
+
+_QUERY_RESULT = re.compile(r"^query_result\((.*)\)$", re.S)
+_LABEL_VALUES = re.compile(r"^label_values\((.*),\s*\w+\)$", re.S)
+
+
+def panels(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, including those nested in collapsed rows."""
+    for panel in dash["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def panel_exprs(dash: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, expr) for every query of every panel."""
+    return [(p["title"], t["expr"]) for p in panels(dash) for t in p.get("targets", [])]
+
+
+def variable_exprs(dash: dict[str, Any]) -> list[tuple[str, str]]:
+    """PromQL inside the query variables (label_values(...), query_result(...))."""
+    out = []
+    for var in dash["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+        match = _QUERY_RESULT.match(query) or _LABEL_VALUES.match(query)
+        assert match, f"unexpected variable query {query!r}"
+        out.append((f"${var['name']}", match.group(1)))
+    return out
+
+
+def grafana_to_promql(expr: str, interval: str = "1m") -> str:
+    """Replace Grafana's variables by what Grafana would send (all jobs and instances)."""
+    for var, value in {
+        "$__rate_interval": interval,
+        "$__interval": interval,
+        "$job": ".*",
+        "$instance": ".*",
+    }.items():
+        expr = expr.replace(var, value)
+    assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+    return expr

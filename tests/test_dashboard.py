@@ -6,32 +6,30 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from metrics_samples import exposition, populated_metrics, sample_names
+from metrics_samples import (
+    DASHBOARD,
+    exposition,
+    grafana_to_promql,
+    panel_exprs,
+    panels,
+    populated_metrics,
+    sample_names,
+    variable_exprs,
+)
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
-DASHBOARD = DEPLOY / "grafana" / "dashboards" / "distillation-monitor.json"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
 
 OUR_METRIC = re.compile(r"\bdistillation_monitor_[A-Za-z0-9_]+")
 RECORDED = re.compile(r"\bdistillation_monitor:[A-Za-z0-9_:]+")
-QUERY_RESULT = re.compile(r"^query_result\((.*)\)$", re.S)
-LABEL_VALUES = re.compile(r"^label_values\((.*),\s*\w+\)$", re.S)
 # A metric name directly followed by a label matcher or a range: `name{...}`, `name[5m]`.
 SELECTOR = re.compile(r"\b([A-Za-z_:][A-Za-z0-9_:]*)\s*[{\[]")
-GRAFANA_VARS = {
-    "$__rate_interval": "1m",
-    "$__interval": "1m",
-    "$__range": "1h",
-    "$job": ".*",
-    "$instance": ".*",
-}
 
 
 @pytest.fixture(scope="module")
@@ -44,40 +42,9 @@ def dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD.read_text())
 
 
-def panels(dash: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in dash["panels"]:
-        yield panel
-        yield from panel.get("panels", [])
-
-
-def panel_exprs(dash: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, expr) for every query of every panel."""
-    return [(p["title"], t["expr"]) for p in panels(dash) for t in p.get("targets", [])]
-
-
-def variable_exprs(dash: dict[str, Any]) -> list[tuple[str, str]]:
-    """PromQL inside the query variables (label_values(...), query_result(...))."""
-    out = []
-    for var in dash["templating"]["list"]:
-        if var["type"] != "query":
-            continue
-        query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
-        match = QUERY_RESULT.match(query) or LABEL_VALUES.match(query)
-        assert match, f"unexpected variable query {query!r}"
-        out.append((f"${var['name']}", match.group(1)))
-    return out
-
-
 def rule_exprs() -> list[tuple[str, str]]:
     doc = yaml.safe_load(RULES.read_text())
     return [(r.get("alert") or r["record"], r["expr"]) for g in doc["groups"] for r in g["rules"]]
-
-
-def grafana_to_promql(expr: str) -> str:
-    for var, value in GRAFANA_VARS.items():
-        expr = expr.replace(var, value)
-    assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
-    return expr
 
 
 # -- names -------------------------------------------------------------------------------
