@@ -133,7 +133,7 @@ class WorkerMetrics:
         )
         self._latency = VectorHistogram(
             f"{p}end_to_end_latency_seconds",
-            "Time from the record's Kafka timestamp to the end of its batch's processing.",
+            "Time from the record's Kafka timestamp until its batch's alerts were acknowledged.",
             LATENCY_BUCKETS,
         )
         r.register(self._scores)
