@@ -59,3 +59,7 @@ class LocalKafkaError(MonitorError):
 
 class MetricsServerError(MonitorError):
     """The /metrics and health HTTP server could not bind its host and port."""
+
+
+class EvaluationError(MonitorError, ValueError):
+    """Inputs or options of ``evaluate`` that cannot be used (missing arrays, mismatched rows)."""

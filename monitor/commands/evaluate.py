@@ -1,0 +1,81 @@
+"""``distillation-monitor evaluate``: does the detector separate harmful from harmless inputs?"""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 40
+
+DESCRIPTION = """\
+Measure how well a detector separates harmful inputs (the classifier is right on the
+clean input, wrong on the corrupted one) from harmless ones (right on both), per
+corruption and strength: natural corruptions at severities 1-5, FGSM and PGD attacks
+at several epsilons, or your own corrupted set. Also runs the window drift test (KS
+against clean reference scores) on windows contaminated with 0-100% harmful or harmless
+inputs. The classifier's own predictive entropy is reported as the trivial baseline.
+
+Without --detector and --data, it evaluates the bundled digits demo: one demo detector
+per seed, built (by `fit`'s defaults) into --cache and reused on later runs.
+Prints tables, writes report.json and PNG plots into --out.
+"""
+
+DEFAULT_SEEDS = "0,1,2"
+DEFAULT_EPSILONS = "0.03,0.06,0.1"
+DEFAULT_OUT = ".local/evaluation"
+DEFAULT_CACHE = ".local/eval-detector"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="measure harmful-vs-harmless separation and the window drift test",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--detector", metavar="DIR", help="detector directory (default: digits demo)")
+    p.add_argument("--data", metavar="NPZ", help="clean data: .npz with X and integer labels y")
+    p.add_argument(
+        "--corrupted",
+        metavar="NPZ",
+        help="your own corrupted set: .npz with X row-aligned with --data (and optionally y)",
+    )
+    p.add_argument(
+        "--corruptions",
+        default="auto",
+        help="natural corruptions: comma list, 'all' or 'none' (default auto: all for images in [0, 1])",
+    )
+    p.add_argument("--severities", default="1-5", help="severities, e.g. 1-5 or 3,5 (default 1-5)")
+    p.add_argument(
+        "--attacks",
+        default="auto",
+        help="fgsm,pgd, 'none' or auto (default auto: both for inputs in [0, 1])",
+    )
+    p.add_argument("--epsilons", default=None, help=f"attack epsilons (default {DEFAULT_EPSILONS})")
+    p.add_argument("--seeds", default=None, help=f"seeds, e.g. 0,1,2 (default {DEFAULT_SEEDS})")
+    p.add_argument("--window", type=int, default=200, help="records per drift window (default 200)")
+    p.add_argument("--trials", type=int, default=None, help="windows per fraction (default 500)")
+    p.add_argument(
+        "--p-value",
+        type=float,
+        default=None,
+        help="drift test significance (default: the worker's --drift-p-value default)",
+    )
+    p.add_argument("--max-rows", type=int, default=None, help="use at most this many clean rows")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"report directory (default {DEFAULT_OUT})")
+    p.add_argument(
+        "--cache", default=DEFAULT_CACHE, help=f"demo detectors (default {DEFAULT_CACHE})"
+    )
+    p.add_argument("--rebuild", action="store_true", help="rebuild cached demo detectors")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fast smoke run: one seed, severities 3 and 5, one epsilon, 50 windows per fraction",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from monitor.evaluation.runner import evaluate
+
+    return evaluate(args)

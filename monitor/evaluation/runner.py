@@ -1,0 +1,465 @@
+"""What ``distillation-monitor evaluate`` does: resolve inputs, run every seed, report.
+
+Kept out of the command module so the CLI starts without numpy, scikit-learn or
+TensorFlow; this module imports TensorFlow only when a detector is loaded or built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from monitor._version import __version__
+from monitor.commands.evaluate import DEFAULT_EPSILONS, DEFAULT_SEEDS
+from monitor.config import WorkerConfig
+from monitor.corruptions import NATURAL
+from monitor.errors import EvaluationError
+from monitor.evaluation.harm import ATTACKS, MIN_GROUP, CorruptionSpec, plan
+from monitor.evaluation.report import (
+    aggregate_rows,
+    aggregate_windows,
+    bar_lines,
+    case_table,
+    window_table,
+    write_json,
+)
+from monitor.evaluation.suite import SeedResult, SuiteOptions, planned_steps, run_seed
+from monitor.evaluation.summary import BAR_MIN_SEVERITY, across_seeds, quality_bar
+from monitor.evaluation.windows import DEFAULT_FRACTIONS
+
+if TYPE_CHECKING:
+    from monitor.detector.distillation import ModelDistillation
+
+QUICK_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
+DEFAULT_TRIALS = 500
+QUICK_TRIALS = 50
+
+
+# -- option parsing ---------------------------------------------------------------------
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    """ "1-5", "1..5", "3,5" or a mix, in the order given, without repeats."""
+    out: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            sep = ".." if ".." in part else "-" if "-" in part[1:] else None
+            if sep:
+                lo, hi = (int(v) for v in part.split(sep, 1))
+                out += list(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise EvaluationError(
+            f"--{what}: expected integers like 1-5 or 3,5, got {text!r}"
+        ) from None
+    if not out:
+        raise EvaluationError(f"--{what}: no values in {text!r}")
+    return list(dict.fromkeys(out))
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        out = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise EvaluationError(f"--{what}: expected numbers like 0.03,0.1, got {text!r}") from None
+    if not out or any(not 0 < v < 1 for v in out):
+        raise EvaluationError(f"--{what}: values must be between 0 and 1, got {text!r}")
+    return list(dict.fromkeys(out))
+
+
+def parse_names(text: str, choices: tuple[str, ...], what: str) -> list[str] | None:
+    """Names from a comma list; 'all' is every choice, 'none' is empty, 'auto' is None."""
+    text = text.strip().lower()
+    if text == "auto":
+        return None
+    if text == "all":
+        return list(choices)
+    if text == "none":
+        return []
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        raise EvaluationError(
+            f"--{what}: unknown {', '.join(unknown)}; choose from {', '.join(choices)}, all, none"
+        )
+    return list(dict.fromkeys(names))
+
+
+# -- data --------------------------------------------------------------------------------
+
+
+def load_npz(path: str, need_y: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """X (and y) from an .npz file, with a clear error for anything missing or malformed."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"{path}: cannot read an .npz file: {exc}") from None
+    if "X" not in arrays:
+        raise EvaluationError(f"{path}: no array named X (found {', '.join(arrays) or 'none'})")
+    x = arrays["X"]
+    y = arrays.get("y")
+    if y is None and need_y:
+        raise EvaluationError(f"{path}: no array named y with the labels")
+    if y is not None:
+        if y.ndim != 1 or len(y) != len(x):
+            raise EvaluationError(f"{path}: y must be 1-D with one label per row of X")
+        if y.dtype.kind not in "iu" and not (
+            y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+        ):
+            raise EvaluationError(f"{path}: y must hold integer class labels")
+        y = y.astype(np.int64)
+    if x.dtype.kind not in "iuf":
+        raise EvaluationError(f"{path}: X must be numeric, got dtype {x.dtype}")
+    return x, y
+
+
+def unit_range(x: np.ndarray) -> bool:
+    return bool(x.size) and float(np.min(x)) >= 0.0 and float(np.max(x)) <= 1.0
+
+
+# -- detectors ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    seed: int
+    detector_dir: Path
+    build: bool  # build the digits demo detector here first
+    digits_seed: int | None  # the digits split whose test set is the clean data
+
+
+def demo_seed_of(detector_dir: Path) -> int | None:
+    """The digits split a demo detector was trained on (its demo.json), if it is one."""
+    from monitor.detector.demo import DEMO_INFO_FILE
+
+    info = detector_dir / DEMO_INFO_FILE
+    if not info.is_file():
+        return None
+    try:
+        return int(json.loads(info.read_text())["seed"])
+    except (ValueError, KeyError, TypeError, OSError):
+        raise EvaluationError(f"{info}: unreadable demo description") from None
+
+
+def seed_plans(args: argparse.Namespace, seeds: list[int], have_data: bool) -> list[SeedPlan]:
+    if args.detector:
+        where = Path(args.detector)
+        if not where.is_dir():
+            raise EvaluationError(f"{where}: no such detector directory")
+        digits_seed = None if have_data else demo_seed_of(where)
+        if not have_data and digits_seed is None:
+            raise EvaluationError(
+                f"{where} is not a digits demo detector: give its clean test data with --data"
+            )
+        return [SeedPlan(s, where, False, digits_seed) for s in seeds]
+    cache = Path(args.cache)
+    plans = []
+    for s in seeds:
+        where = cache / f"seed-{s}"
+        build = args.rebuild or not (where / "manifest.json").is_file()
+        plans.append(SeedPlan(s, where, build, None if have_data else s))
+    return plans
+
+
+def detector_info(detector: ModelDistillation, plan_: SeedPlan) -> dict[str, Any]:
+    manifest = detector.manifest
+    return {
+        "path": str(plan_.detector_dir),
+        "built_now": plan_.build,
+        "name": manifest.name if manifest else None,
+        "version": manifest.version if manifest else None,
+        "threshold": detector.threshold,
+        "loss_type": detector.loss_type,
+        "temperature": detector.temperature,
+        "distilled_parameters": int(detector.distilled_model.count_params()),
+        "reference_scores": len(detector.reference_scores),
+    }
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    options: SuiteOptions
+    seeds: list[int]
+    plans: list[SeedPlan]
+    data: tuple[np.ndarray, np.ndarray] | None
+    user_sets: list[tuple[CorruptionSpec, np.ndarray]]
+    notes: list[str]
+    data_description: str
+
+
+def _resolve(
+    requested: list[str] | None,
+    choices: tuple[str, ...],
+    applicable: bool,
+    why_not: str,
+    what: str,
+    notes: list[str],
+) -> list[str]:
+    """``auto`` (None) means every choice when applicable, else none with a note."""
+    if requested is None:
+        if applicable:
+            return list(choices)
+        notes.append(f"--{what} skipped: {why_not}")
+        return []
+    if requested and not applicable:
+        raise EvaluationError(f"--{what} cannot be used here: {why_not}")
+    return requested
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    """Turn the command-line options into a plan, failing early on anything unusable."""
+    quick = bool(args.quick)
+    seeds = parse_ints(args.seeds or DEFAULT_SEEDS, "seeds")
+    if quick and args.seeds is None:
+        seeds = seeds[:1]
+    severities = parse_ints(args.severities, "severities")
+    if quick and args.severities == "1-5":
+        severities = [3, 5]
+    if any(s not in (1, 2, 3, 4, 5) for s in severities):
+        raise EvaluationError("--severities must be between 1 and 5")
+    epsilons = parse_floats(args.epsilons or DEFAULT_EPSILONS, "epsilons")
+    if quick and args.epsilons is None:
+        epsilons = epsilons[len(epsilons) // 2 : len(epsilons) // 2 + 1]
+    if args.window < 10:
+        raise EvaluationError("--window must be at least 10 records")
+    trials = args.trials if args.trials is not None else (QUICK_TRIALS if quick else DEFAULT_TRIALS)
+    if trials < 1:
+        raise EvaluationError("--trials must be positive")
+    p_value = args.p_value if args.p_value is not None else WorkerConfig.drift_p_value
+    if not 0 < p_value < 1:
+        raise EvaluationError("--p-value must be between 0 and 1")
+
+    notes: list[str] = []
+    data: tuple[np.ndarray, np.ndarray] | None = None
+    user_sets: list[tuple[CorruptionSpec, np.ndarray]] = []
+    if args.data:
+        x, y = load_npz(args.data, need_y=True)
+        assert y is not None
+        if args.max_rows:
+            x, y = x[: args.max_rows], y[: args.max_rows]
+        data = (x, y)
+        description = f"{args.data} ({len(x)} rows)"
+        images, in_range = x.ndim >= 3, unit_range(x)
+    elif args.corrupted:
+        raise EvaluationError("--corrupted needs the clean originals, row-aligned, in --data")
+    else:
+        description = "digits demo test split (sklearn digits, 8x8 in [0, 1])"
+        images, in_range = True, True
+    if args.corrupted:
+        assert data is not None
+        xc, yc = load_npz(args.corrupted, need_y=False)
+        xc = xc[: len(data[0])] if args.max_rows else xc
+        if xc.shape != data[0].shape:
+            raise EvaluationError(
+                f"{args.corrupted}: X has shape {xc.shape}, the clean data {data[0].shape}"
+            )
+        if yc is not None and not np.array_equal(yc[: len(data[1])], data[1]):
+            raise EvaluationError(f"{args.corrupted}: y differs from the clean data's labels")
+        user_sets.append((CorruptionSpec(Path(args.corrupted).stem, "user", 0.0), xc))
+
+    natural = _resolve(
+        parse_names(args.corruptions, tuple(NATURAL), "corruptions"),
+        tuple(NATURAL),
+        images and in_range,
+        "the data are not images (n, H, W[, C]) with values in [0, 1]",
+        "corruptions",
+        notes,
+    )
+    attacks = _resolve(
+        parse_names(args.attacks, ATTACKS, "attacks"),
+        ATTACKS,
+        in_range,
+        "the attacks assume inputs in [0, 1]",
+        "attacks",
+        notes,
+    )
+    specs = plan(natural, severities, attacks, epsilons)
+    if not specs and not user_sets:
+        raise EvaluationError("nothing to evaluate: no corruptions, attacks or --corrupted set")
+    options = SuiteOptions(
+        specs=tuple(specs),
+        p_value=p_value,
+        window=args.window,
+        trials=trials,
+        fractions=QUICK_FRACTIONS if quick else DEFAULT_FRACTIONS,
+        pgd_steps=5 if quick else 10,
+    )
+    plans = seed_plans(args, seeds, data is not None)
+    return Setup(options, seeds, plans, data, user_sets, notes, description)
+
+
+def _load(plan_: SeedPlan, verbose: bool) -> ModelDistillation:
+    from monitor.detector.persistence import load_detector
+
+    if plan_.build:
+        from monitor.detector.demo import build_demo_detector
+
+        build_demo_detector(plan_.detector_dir, seed=plan_.seed, verbose=verbose)
+    return load_detector(plan_.detector_dir)
+
+
+def _clean_data(
+    setup: Setup, plan_: SeedPlan, max_rows: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if setup.data is not None:
+        return setup.data
+    from monitor.detector.demo import load_digits_split
+
+    assert plan_.digits_seed is not None
+    _, _, x, y = load_digits_split(plan_.digits_seed)
+    return (x[:max_rows], y[:max_rows]) if max_rows else (x, y)
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """Run the evaluation described by the command-line ``args``; returns the exit code."""
+    from tqdm import tqdm
+
+    setup = prepare(args)
+    from monitor.detector.tf_runtime import start_tensorflow
+
+    start_tensorflow()
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvaluationError(f"--out {out}: {exc}") from None
+    for note in setup.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    per_seed = planned_steps(setup.options) + len(setup.user_sets)
+    total = sum(per_seed + p.build for p in setup.plans)
+    results: list[SeedResult] = []
+    with tqdm(
+        total=total, desc="evaluate", unit="step", file=sys.stderr, dynamic_ncols=True
+    ) as bar:
+
+        def step(label: str) -> None:
+            bar.set_postfix_str(label, refresh=False)
+            bar.update(1)
+
+        for plan_ in setup.plans:
+            if plan_.build:
+                bar.set_postfix_str(f"building demo detector seed {plan_.seed}")
+            detector = _load(plan_, verbose=False)
+            if plan_.build:
+                step("demo detector")
+            x, y = _clean_data(setup, plan_, args.max_rows)
+            results.append(
+                run_seed(
+                    detector,
+                    x,
+                    y,
+                    setup.options,
+                    plan_.seed,
+                    detector_info(detector, plan_),
+                    user_sets=setup.user_sets,
+                    progress=step,
+                )
+            )
+    report = build_report(setup, results)
+    print_report(setup, results, report)
+    write_json(out / "report.json", report)
+    written = [out / "report.json"]
+    if not args.no_plots:
+        from monitor.evaluation.plots import write_plots
+
+        written += write_plots(
+            out, results[0].cases, report["cases"], report["windows"], setup.options.p_value
+        )
+    print(f"\nwritten: {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def build_report(setup: Setup, results: list[SeedResult]) -> dict[str, Any]:
+    summary = across_seeds(results)
+    o = setup.options
+    return {
+        "meta": {
+            "package_version": __version__,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "data": setup.data_description,
+            "seeds": setup.seeds,
+            "cases": [s.label for s in o.specs] + [s.label for s, _ in setup.user_sets],
+            "p_value": o.p_value,
+            "window": o.window,
+            "trials": o.trials,
+            "fractions": list(o.fractions),
+            "reference_size": o.reference_size,
+            "window_min_severity": o.window_min_severity,
+            "min_group": MIN_GROUP,
+            "bar_min_severity": BAR_MIN_SEVERITY,
+            "notes": setup.notes,
+        },
+        "seeds": [r.to_dict() for r in results],
+        "cases": aggregate_rows(results),
+        "windows": aggregate_windows(results),
+        "summary": summary,
+        "quality_bar": [c.to_dict() for c in quality_bar(summary)],
+    }
+
+
+def _fmt(entry: dict[str, Any]) -> str:
+    if entry.get("mean") is None:
+        return "-"
+    return f"{entry['mean']:.3f} ± {entry['std']:.3f}"
+
+
+def print_report(setup: Setup, results: list[SeedResult], report: dict[str, Any]) -> None:
+    o = setup.options
+    thresholds = ", ".join(f"{r.detector['threshold']:.4g}" for r in results)
+    print(
+        f"\nDetector(s): {', '.join(dict.fromkeys(r.detector['path'] for r in results))}"
+        f"\nData: {setup.data_description}; seeds {', '.join(map(str, setup.seeds))}; "
+        f"threshold(s) {thresholds}; clean accuracy "
+        f"{np.mean([r.clean['accuracy'] for r in results]):.3f}\n"
+    )
+    print(case_table(report["cases"]))
+    print(
+        "\nMeans over seeds. acc: classifier accuracy on the corrupted set; harmful/harmless:"
+        "\ncounts; s.*: mean score of clean, harmless, harmful inputs; AUC, AP: harmful vs"
+        "\nharmless; AUC/cl: harmful vs clean; TPR: harmful flagged at the threshold; FPR/cl,"
+        "\nFPR/hl: clean and harmless flagged; base AUC: the classifier's predictive entropy"
+        f"\nas the score. * fewer than {MIN_GROUP} harmful or harmless in some seed (left out"
+        "\nof the summary means)."
+    )
+    if report["windows"]:
+        print(
+            f"\nWindow drift test: share of {o.window}-record windows flagged (KS p < {o.p_value:g},"
+            f" {o.trials} trials per fraction, clean reference of up to {o.reference_size} scores"
+            "\nnot overlapping the window), by contamination with harmful or harmless inputs:\n"
+        )
+        print(window_table(report["windows"]))
+    summary = report["summary"]
+    print("\nSummary over seeds (mean ± std):")
+    labels = {
+        "auc_natural_s3": "AUC harmful vs harmless, natural severity 3+",
+        "baseline_auc_natural_s3": "  entropy baseline",
+        "auc_with_attacks": "AUC harmful vs harmless, natural 3+ and attacks",
+        "baseline_auc_with_attacks": "  entropy baseline",
+        "window_all_clean": "all-clean windows flagged",
+        "window_harmful_10": "10% harmful windows flagged",
+        "window_harmful_20": "20% harmful windows flagged",
+        "window_harmful_30": "30% harmful windows flagged",
+        "window_harmless_10": "10% harmless windows flagged",
+        "window_harmless_20": "20% harmless windows flagged",
+        "window_harmless_30": "30% harmless windows flagged",
+        "manifest_all_clean": "all-clean vs the manifest's reference",
+        "manifest_harmful_30": "30% harmful vs the manifest's reference",
+    }
+    for key, label in labels.items():
+        if key in summary:
+            print(f"  {label:<50} {_fmt(summary[key])}")
+    print("\nQuality bar of the evaluation issue (set for the digits demo with its defaults):")
+    print(bar_lines(quality_bar(summary)))
