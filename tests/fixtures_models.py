@@ -7,12 +7,14 @@
 - ``fitted_detector``: a ``ModelDistillation`` trained on the pair with a threshold
   (95th percentile); treat it as read-only.
 - ``saved_detector_dir``: ``fitted_detector`` saved with ``save_detector``.
+- ``write_legacy_alibi_dir``: a detector in alibi-detect's legacy layout (for import tests).
 - ``demo_detector_dir``: the digits demo detector (``build_demo_detector``); slower (tens
   of seconds), built only when a test asks for it.
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,36 @@ def make_tiny_distilled(seed: int = 1) -> Any:
     hidden = keras.layers.Dense(4, activation="relu")(inputs)
     outputs = keras.layers.Dense(TINY_CLASSES, activation="softmax")(hidden)
     return keras.Model(inputs, outputs, name="tiny_distilled")
+
+
+def write_legacy_alibi_dir(
+    root: Path,
+    classifier: Any,
+    distilled: Any,
+    state: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+    protocol: int = pickle.DEFAULT_PROTOCOL,
+) -> Path:
+    """A detector in alibi-detect's legacy layout, written with plain pickle and Keras' h5."""
+    root.mkdir(parents=True)
+    (root / "model").mkdir()
+    meta = meta or {
+        "name": "ModelDistillation",
+        "detector_type": "adversarial",
+        "data_type": "tabular",
+        "online": False,
+        "version": "0.11.4",
+    }
+    state = state or {
+        "threshold": np.float32(0.375),
+        "temperature": np.float64(0.5),
+        "loss_type": "xent",
+    }
+    (root / "meta.dill").write_bytes(pickle.dumps(meta, protocol=protocol))
+    (root / "ModelDistillation.dill").write_bytes(pickle.dumps(state, protocol=protocol))
+    classifier.save(root / "model" / "model.h5")
+    distilled.save(root / "model" / "distilled_model.h5")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fixtures_models import write_legacy_alibi_dir
 
 from monitor.detector.alibi_import import (
     DISTILLED_H5,
-    META_FILE,
-    MODEL_H5,
     STATE_FILE,
     import_alibi_detector,
     read_alibi_state,
@@ -36,35 +35,6 @@ class _RunsCommand:
         return (os.system, (self.command,))
 
 
-def _legacy_dir(
-    root: Path,
-    classifier: Any,
-    distilled: Any,
-    state: dict[str, Any] | None = None,
-    meta: dict[str, Any] | None = None,
-    protocol: int = pickle.DEFAULT_PROTOCOL,
-) -> Path:
-    root.mkdir(parents=True)
-    (root / "model").mkdir()
-    meta = meta or {
-        "name": "ModelDistillation",
-        "detector_type": "adversarial",
-        "data_type": "tabular",
-        "online": False,
-        "version": "0.11.4",
-    }
-    state = state or {
-        "threshold": np.float32(0.375),
-        "temperature": np.float64(0.5),
-        "loss_type": "xent",
-    }
-    (root / META_FILE).write_bytes(pickle.dumps(meta, protocol=protocol))
-    (root / STATE_FILE).write_bytes(pickle.dumps(state, protocol=protocol))
-    classifier.save(root / MODEL_H5)
-    distilled.save(root / DISTILLED_H5)
-    return root
-
-
 @pytest.fixture(scope="module")
 def legacy_models(tiny_classifier: Any, tiny_distilled: Any) -> tuple[Any, Any]:
     return tiny_classifier, tiny_distilled
@@ -76,7 +46,7 @@ def test_import_converts_a_legacy_detector(
     from monitor import ModelDistillation, load_detector
 
     classifier, distilled = legacy_models
-    src = _legacy_dir(tmp_path / "alibi", classifier, distilled)
+    src = write_legacy_alibi_dir(tmp_path / "alibi", classifier, distilled)
     x = tiny_data[0][:100]
     manifest = import_alibi_detector(src, tmp_path / "ours", name="legacy", reference_data=x)
     assert manifest.threshold == pytest.approx(0.375)
@@ -135,7 +105,7 @@ def test_malicious_pickle_is_refused_without_running(
             return [arm(v) for v in obj]
         return obj
 
-    src = _legacy_dir(tmp_path / "alibi", *legacy_models)
+    src = write_legacy_alibi_dir(tmp_path / "alibi", *legacy_models)
     (src / STATE_FILE).write_bytes(pickle.dumps(arm(payload)))
     with pytest.raises(UnsafePickleError, match=r"refusing to load posix\.system"):
         import_alibi_detector(src, tmp_path / "ours")
@@ -169,13 +139,13 @@ def test_truncated_pickle_is_a_format_error(tmp_path: Path) -> None:
 
 
 def test_other_detector_kinds_are_refused(tmp_path: Path, legacy_models: tuple[Any, Any]) -> None:
-    src = _legacy_dir(tmp_path / "alibi", *legacy_models, meta={"name": "OutlierVAE"})
+    src = write_legacy_alibi_dir(tmp_path / "alibi", *legacy_models, meta={"name": "OutlierVAE"})
     with pytest.raises(DetectorFormatError, match="OutlierVAE detector, not ModelDistillation"):
         read_alibi_state(src)
 
 
 def test_missing_pieces_are_named(tmp_path: Path, legacy_models: tuple[Any, Any]) -> None:
-    src = _legacy_dir(tmp_path / "alibi", *legacy_models)
+    src = write_legacy_alibi_dir(tmp_path / "alibi", *legacy_models)
     (src / DISTILLED_H5).unlink()
     with pytest.raises(DetectorFormatError, match=r"distilled_model\.h5: missing"):
         import_alibi_detector(src, tmp_path / "ours")
@@ -185,7 +155,7 @@ def test_missing_pieces_are_named(tmp_path: Path, legacy_models: tuple[Any, Any]
 
 
 def test_bad_state_values_are_refused(tmp_path: Path, legacy_models: tuple[Any, Any]) -> None:
-    src = _legacy_dir(
+    src = write_legacy_alibi_dir(
         tmp_path / "alibi",
         *legacy_models,
         state={"threshold": "high", "temperature": 1.0, "loss_type": "kld"},

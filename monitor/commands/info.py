@@ -14,7 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="show what a saved detector's manifest says",
         description="Print a saved detector's manifest (threshold, loss, temperature, shapes, versions).",
     )
-    p.add_argument("detector", metavar="DIR", help="detector directory written by fit/save_detector")
+    p.add_argument(
+        "detector", metavar="DIR", help="detector directory written by fit/save_detector"
+    )
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=run)
 

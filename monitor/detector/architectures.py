@@ -21,7 +21,10 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_AGREEMENT = 0.95
 DEFAULT_TEMPERATURE = 0.5
-DEFAULT_LOSS_TYPE = "kld"
+# xent separated harmful from harmless inputs better than kld on the digits demo (mean
+# ROC-AUC over natural corruptions ~0.88 vs ~0.83, same training: the two losses differ
+# only by the classifier's entropy, so training is identical and only scoring changes).
+DEFAULT_LOSS_TYPE = "xent"
 # Inputs at least this tall and wide (H, W) or (H, W, C<=4) are treated as images.
 MIN_IMAGE_SIDE = 16
 
@@ -43,8 +46,10 @@ def default_distilled_model(
     """A distilled model for a classifier with this input shape and number of classes.
 
     Flat or small inputs: Flatten -> Dense(hidden, relu) -> Dense(n_classes, softmax), with
-    ``hidden`` = 2 * n_classes clamped to [16, 64] unless given. Images: two small strided
-    convolutions, global pooling and a softmax layer.
+    ``hidden`` = 4 * the number of input values clamped to [32, 256] unless given: a wide
+    layer that reaches the agreement target within a few epochs, i.e. stopped early
+    (narrower ones trained longer detected less on the digits demo). Images: two small
+    strided convolutions, global pooling and a softmax layer.
     """
     if n_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
@@ -57,7 +62,7 @@ def default_distilled_model(
         x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
     else:
-        units = hidden_units or min(64, max(16, 2 * n_classes))
+        units = hidden_units or min(256, max(32, 4 * math.prod(input_shape)))
         x = keras.layers.Flatten()(x)
         x = keras.layers.Dense(units, activation="relu")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
@@ -115,7 +120,7 @@ class AgreementStopping(keras.callbacks.Callback):
         if epoch + 1 >= self.min_epochs and value >= self.target:
             self.stopped_epoch = epoch + 1
             self.model.stop_training = True
-            logger.info(
+            logger.debug(
                 "agreement %.3f reached the target %.3f after %d epochs",
                 value,
                 self.target,
@@ -148,27 +153,29 @@ def fit_until_agreement(
     X: np.ndarray,
     target: float = DEFAULT_AGREEMENT,
     holdout_fraction: float = 0.2,
-    max_epochs: int = 300,
+    max_epochs: int = 200,
     batch_size: int = 128,
     seed: int = 0,
-    verbose: bool = True,
+    verbose: bool = False,
     callbacks: list[keras.callbacks.Callback] | None = None,
-) -> tuple[np.ndarray, AgreementStopping]:
+) -> tuple[np.ndarray, AgreementStopping | None]:
     """Train ``detector`` on part of ``X`` until its agreement target is met on the rest.
 
     Returns the held-out rows (clean data the distilled model never saw, the right data
     for ``infer_threshold``) and the stopping callback (its ``history`` shows the
-    agreement per epoch).
+    agreement per epoch). ``target`` 0 trains exactly ``max_epochs`` epochs, no callback.
     """
     train_rows, holdout_rows = holdout_split(len(X), holdout_fraction, seed)
     x_train, x_holdout = X[train_rows], X[holdout_rows]
-    reference = detector.classifier_outputs(x_holdout)
-    stopper = AgreementStopping(x_holdout, reference, target=target)
+    stopper = None
+    if target > 0:
+        reference = detector.classifier_outputs(x_holdout)
+        stopper = AgreementStopping(x_holdout, reference, target=target)
     detector.fit(
         x_train,
         epochs=max_epochs,
         batch_size=batch_size,
         verbose=verbose,
-        callbacks=[stopper, *(callbacks or [])],
+        callbacks=[*([stopper] if stopper else []), *(callbacks or [])],
     )
     return x_holdout, stopper

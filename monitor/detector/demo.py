@@ -93,7 +93,7 @@ def build_demo_detector(
         "seed": seed,
         "test_fraction": TEST_FRACTION,
         "classifier_test_accuracy": accuracy,
-        "agreement_history": stopper.history,
+        "agreement_history": stopper.history if stopper else [],
         "threshold_perc": THRESHOLD_PERC,
     }
     (out / DEMO_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

@@ -1,0 +1,189 @@
+"""``distillation-monitor fit``: train a detector for a saved classifier and save it."""
+
+from __future__ import annotations
+
+import argparse
+
+ORDER = 20
+
+# Mirrors monitor.detector.architectures (kept literal so --help needs no TensorFlow).
+DEFAULT_LOSS_TYPE = "xent"
+DEFAULT_TEMPERATURE = 0.5
+DEFAULT_AGREEMENT = 0.95
+DEFAULT_MAX_EPOCHS = 200
+
+DESCRIPTION = """\
+Train the distilled model of a saved Keras classifier on clean data, infer the threshold
+and save the detector directory (manifest.json + the two models in .keras format).
+
+By default a small distilled architecture is derived from the classifier's input and
+output shapes (a hidden layer for flat/small inputs, a tiny conv stack for images) and
+trained until its top class agrees with the classifier's on --agreement of a held-out
+part of --data (at most --epochs epochs). The disagreement that remains is what makes
+harmful inputs stand out; a near-perfect copy detects less. The threshold is the
+--threshold-perc percentile of the scores on --threshold-data, or on the held-out part.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="train and save a detector for a Keras classifier",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, metavar="CLASSIFIER.keras", help="trained classifier")
+    p.add_argument(
+        "--data", required=True, metavar="X.npy", help="clean training inputs (.npy, .npz, .csv)"
+    )
+    p.add_argument(
+        "--data-key", help="array name inside a .npz --data (default: the only one, or X)"
+    )
+    p.add_argument(
+        "--distilled", metavar="ARCH.keras", help="distilled model to train instead of the default"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="detector directory to write")
+    p.add_argument(
+        "--loss-type",
+        choices=("kld", "xent"),
+        default=DEFAULT_LOSS_TYPE,
+        help=f"distillation loss and score (default {DEFAULT_LOSS_TYPE})",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=DEFAULT_TEMPERATURE,
+        help=f"classifier output temperature; <1 sharpens (default {DEFAULT_TEMPERATURE})",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=DEFAULT_MAX_EPOCHS,
+        help=f"maximum epochs (exactly this many with --agreement 0; default {DEFAULT_MAX_EPOCHS})",
+    )
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
+    p.add_argument(
+        "--agreement",
+        type=float,
+        default=DEFAULT_AGREEMENT,
+        help=f"stop when the top classes agree on this fraction of held-out data; 0 disables (default {DEFAULT_AGREEMENT})",
+    )
+    p.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.2,
+        help="share of --data held out for the agreement check and the threshold (default 0.2)",
+    )
+    p.add_argument(
+        "--threshold-perc",
+        type=float,
+        default=95.0,
+        help="threshold percentile of clean scores (default 95)",
+    )
+    p.add_argument(
+        "--threshold-data",
+        metavar="X_normal.npy",
+        help="clean data for the threshold (default: the held-out part of --data)",
+    )
+    p.add_argument("--data-type", help="recorded in the manifest, e.g. image or tabular")
+    p.add_argument(
+        "--name", default="ModelDistillation", help="detector name in the manifest and alerts"
+    )
+    p.add_argument("--version", default="1", help="detector version in the manifest and alerts")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from monitor.errors import ConfigError
+
+    if args.epochs < 1:
+        raise ConfigError("--epochs must be at least 1")
+    if args.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    if not 0.0 <= args.agreement <= 1.0:
+        raise ConfigError("--agreement must be between 0 and 1")
+    if not 0.0 < args.holdout_fraction < 1.0:
+        raise ConfigError("--holdout-fraction must be between 0 and 1 (exclusive)")
+    if not 0.0 <= args.threshold_perc <= 100.0:
+        raise ConfigError("--threshold-perc must be between 0 and 100")
+    if not args.temperature > 0:
+        raise ConfigError("--temperature must be positive")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    from monitor.detector.tf_runtime import start_tensorflow
+
+    start_tensorflow()
+    from pathlib import Path
+
+    import keras
+    import numpy as np
+
+    from monitor.datafiles import fit_to_shape, load_array
+    from monitor.detector.architectures import fit_until_agreement
+    from monitor.detector.distillation import ModelDistillation
+    from monitor.detector.persistence import load_keras_model, save_detector
+    from monitor.detector.progress import EpochProgress
+    from monitor.errors import DetectorError
+
+    keras.utils.set_random_seed(args.seed)
+    classifier = load_keras_model(Path(args.model))
+    distilled = load_keras_model(Path(args.distilled)) if args.distilled else None
+    if not isinstance(classifier, keras.Model) or (
+        distilled is not None and not isinstance(distilled, keras.Model)
+    ):
+        raise DetectorError("--model and --distilled must be Keras models")
+    try:
+        detector = ModelDistillation(
+            threshold=float("inf"),  # replaced by infer_threshold below
+            distilled_model=distilled,
+            model=classifier,
+            loss_type=args.loss_type,
+            temperature=args.temperature,
+            data_type=args.data_type,
+        )
+    except (TypeError, ValueError) as exc:
+        raise DetectorError(str(exc)) from None
+    x = fit_to_shape(load_array(args.data, args.data_key), detector.input_shape, args.data)
+    x = detector.validate(x)
+    progress = [] if args.quiet else [EpochProgress(args.epochs, "distilling")]
+    x_holdout, stopper = fit_until_agreement(
+        detector,
+        x,
+        target=args.agreement,
+        holdout_fraction=args.holdout_fraction,
+        max_epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        callbacks=progress,
+    )
+    if args.threshold_data:
+        x_threshold = fit_to_shape(
+            load_array(args.threshold_data), detector.input_shape, args.threshold_data
+        )
+    else:
+        x_threshold = x_holdout
+    threshold = detector.infer_threshold(x_threshold, threshold_perc=args.threshold_perc)
+    manifest = save_detector(detector, args.out, name=args.name, version=args.version)
+    scores = np.asarray(detector.score(x_holdout))
+    agreement = stopper.history[-1] if stopper and stopper.history else None
+    print(f"detector saved to {args.out}")
+    print(f"  trained on {len(x) - len(x_holdout)} rows, held out {len(x_holdout)}")
+    if stopper is not None:
+        reached = "reached" if stopper.stopped_epoch else "NOT reached"
+        print(
+            f"  agreement {agreement:.3f} after {len(stopper.history)} epochs "
+            f"(target {args.agreement} {reached})"
+        )
+    print(
+        f"  threshold {threshold:.6g} ({args.threshold_perc:g}th percentile of "
+        f"{len(x_threshold)} clean scores); held-out flagged rate "
+        f"{float(np.mean(scores > threshold)):.3f}"
+    )
+    print(
+        f"  loss {manifest.loss_type}, temperature {manifest.temperature:g}, sha256 {manifest.sha256[:12]}"
+    )
+    return 0
