@@ -1,0 +1,1 @@
+"""Streaming side: decoding records, batching, scoring, publishing and committing."""

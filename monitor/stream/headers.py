@@ -1,0 +1,144 @@
+"""What Kafka headers say about a record: event id and type, and the model it came from.
+
+Model servers log to Kafka in two header dialects: CloudEvents binary mode (``ce_id``,
+``ce_type``, ``ce_inferenceservicename``, ``ce_namespace``, ... as KServe writes them)
+and Seldon's payload logger (``type``, ``requestid``, ``modelid``, ``inferenceservicename``,
+``namespace``). Both are read through one normalisation (lower case, ``-`` to ``_``, the
+``ce_`` prefix dropped) so ``Ce-Type``, ``ce_type`` and ``type`` mean the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+#: Longest header or label value kept; longer ones are cut (labels become metric labels).
+MAX_VALUE_CHARS = 256
+
+HeaderValue = str | bytes | None
+Headers = Mapping[str, HeaderValue] | Sequence[tuple[str, HeaderValue]]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLabels:
+    """The model a record belongs to, as far as headers or body tell."""
+
+    model_name: str | None = None
+    model_version: str | None = None
+    namespace: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        """The fields that are known, for alert payloads."""
+        return {
+            k: v
+            for k, v in (
+                ("model_name", self.model_name),
+                ("model_version", self.model_version),
+                ("namespace", self.namespace),
+            )
+            if v is not None
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderInfo:
+    """The few header fields the decoder and the alerts use."""
+
+    event_id: str | None
+    event_type: str | None
+    request_id: str | None
+    labels: ModelLabels | None
+
+    @property
+    def is_response(self) -> bool:
+        """A response event logged apart from its request: counted, never scored."""
+        return self.event_type is not None and self.event_type.lower().endswith("response")
+
+
+# Normalised header name -> field. Several names can feed one field; the first seen wins.
+_FIELDS = {
+    "id": "event_id",
+    "type": "event_type",
+    "requestid": "request_id",
+    "inferenceservicename": "model_name",
+    "modelid": "model_id",
+    "model_name": "model_name",
+    "modelname": "model_name",
+    "modelversion": "model_version",
+    "model_version": "model_version",
+    "namespace": "namespace",
+}
+
+# Interned labels: a batch of 512 records from one model shares one object. Bounded so
+# hostile headers can't grow it without limit.
+_LABEL_CACHE: dict[tuple[str | None, str | None, str | None], ModelLabels] = {}
+_LABEL_CACHE_MAX = 4096
+
+
+def text(value: object) -> str | None:
+    """A header or body value as bounded text (bytes decoded leniently), else None."""
+    if isinstance(value, bytes | bytearray):
+        value = bytes(value[: MAX_VALUE_CHARS * 4]).decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    return value[:MAX_VALUE_CHARS]
+
+
+def labels_of(name: str | None, version: str | None, namespace: str | None) -> ModelLabels | None:
+    """Interned ``ModelLabels``, or None when nothing is known."""
+    if name is None and version is None and namespace is None:
+        return None
+    key = (name, version, namespace)
+    found = _LABEL_CACHE.get(key)
+    if found is None:
+        found = ModelLabels(name, version, namespace)
+        if len(_LABEL_CACHE) < _LABEL_CACHE_MAX:
+            _LABEL_CACHE[key] = found
+    return found
+
+
+def merge_labels(header: ModelLabels | None, body: ModelLabels | None) -> ModelLabels | None:
+    """Body fields win over header fields (the body is what the server itself wrote)."""
+    if body is None:
+        return header
+    if header is None:
+        return body
+    return labels_of(
+        body.model_name or header.model_name,
+        body.model_version or header.model_version,
+        body.namespace or header.namespace,
+    )
+
+
+def _normalise(name: str) -> str:
+    name = name.lower().replace("-", "_")
+    return name[3:] if name.startswith("ce_") else name
+
+
+def read_headers(headers: Headers | None) -> HeaderInfo | None:
+    """Pick the known fields out of a message's headers (list of pairs or mapping)."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    found: dict[str, str] = {}
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], str):
+            continue
+        field = _FIELDS.get(_normalise(pair[0]))
+        if field is None or field in found:
+            continue
+        value = text(pair[1])
+        if value is not None:
+            found[field] = value
+    if not found:
+        return None
+    return HeaderInfo(
+        event_id=found.get("event_id"),
+        event_type=found.get("event_type"),
+        request_id=found.get("request_id"),
+        labels=labels_of(
+            found.get("model_name") or found.get("model_id"),
+            found.get("model_version"),
+            found.get("namespace"),
+        ),
+    )

@@ -1,0 +1,450 @@
+"""Inference records (Kafka messages) to numpy batches, and back to their identity.
+
+Pure: no Kafka client, no TensorFlow. ``RecordDecoder.decode`` turns a batch of messages
+into one float32 array; every message ends up as rows, a dead letter or an ignored
+response, and nothing a message holds can raise out of ``decode``. Finiteness is checked
+once per batch, vectorised, and a bad row dead-letters its whole message.
+``record_identity`` is the slow, thorough side, called only for flagged rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+import simdjson
+
+from monitor.errors import DecodeError
+from monitor.stream.formats import (
+    InputSpec,
+    JsonPlan,
+    Reason,
+    RecordFormat,
+    Rows,
+    json_rows,
+    keys_of,
+    kind_of,
+    parse_failure,
+    reject,
+    seldon_rows,
+    sniff,
+    v1_rows,
+    v2_rows,
+)
+from monitor.stream.headers import (
+    Headers,
+    ModelLabels,
+    labels_of,
+    merge_labels,
+    read_headers,
+    text,
+)
+
+Array = simdjson.Array
+_NO_LABELS = frozenset({"model_name", "model_version", "namespace"}).isdisjoint
+
+__all__ = [
+    "DeadLetter",
+    "DecodedBatch",
+    "InputSpec",
+    "MessageLike",
+    "ModelLabels",
+    "Reason",
+    "RecordDecoder",
+    "RecordFormat",
+    "RecordIdentity",
+    "record_identity",
+]
+
+#: Longest dead-letter detail (it travels in a Kafka header).
+MAX_DETAIL_CHARS = 300
+#: Context fields kept per alert, in bytes of JSON.
+MAX_CONTEXT_BYTES = 2048
+
+_FIELDS_OF = {
+    RecordFormat.JSON: frozenset(["id", "instance", "output"]),
+    RecordFormat.V2: frozenset(["id", "inputs", "outputs"]),
+    RecordFormat.V1: frozenset(["id", "instances", "predictions"]),
+    RecordFormat.SELDON: frozenset(["id", "data"]),
+}
+
+
+class MessageLike(Protocol):
+    """The part of ``confluent_kafka.Message`` the decoder reads."""
+
+    def value(self) -> bytes | None: ...
+    def key(self) -> bytes | str | None: ...
+    def headers(self) -> Headers | None: ...
+    def topic(self) -> str | None: ...
+    def partition(self) -> int | None: ...
+    def offset(self) -> int | None: ...
+    def timestamp(self) -> tuple[int, int]: ...
+
+
+@dataclass
+class DeadLetter:
+    """A message that could not become rows, and why."""
+
+    index: int
+    reason: Reason
+    detail: str
+
+
+@dataclass
+class DecodedBatch:
+    """Rows of a batch of messages, plus what happened to the messages that gave none.
+
+    ``outputs`` is set only when every row carries the classifier's output (and there is
+    at least one row); ``has_output`` says which rows do either way.
+    """
+
+    X: np.ndarray
+    outputs: np.ndarray | None
+    has_output: np.ndarray
+    row_message: np.ndarray
+    row_in_message: np.ndarray
+    dead: list[DeadLetter] = field(default_factory=list)
+    ignored: list[tuple[int, str]] = field(default_factory=list)
+    model_labels: list[ModelLabels | None] = field(default_factory=list)
+
+
+def _clip(detail: str) -> str:
+    return detail if len(detail) <= MAX_DETAIL_CHARS else detail[: MAX_DETAIL_CHARS - 1] + "…"
+
+
+class RecordDecoder:
+    """Decodes batches of messages for one input spec and format. Not thread-safe
+    (it reuses one parser); give each thread its own."""
+
+    def __init__(self, spec: InputSpec, fmt: RecordFormat = RecordFormat.JSON) -> None:
+        self.spec = spec
+        self.fmt = RecordFormat(fmt)
+        self._plan = JsonPlan(spec)
+        self._max_bytes = spec.max_message_bytes
+        self._parser = simdjson.Parser()
+
+    # -- one message -----------------------------------------------------------------
+    def _rows(self, raw: bytes | None) -> Rows | None:
+        """Rows of one message body; None when the body is a response. (The hot path:
+        calls are kept few on purpose.)"""
+        if not raw:
+            reject(Reason.EMPTY, "no value" if raw is None else "empty value")
+        if len(raw) > self._max_bytes:
+            reject(Reason.TOO_LARGE, f"{len(raw)} bytes, the limit is {self._max_bytes}")
+        try:
+            doc = self._parser.parse(raw)
+        except (ValueError, RuntimeError) as exc:
+            doc = self._reparse(raw, exc)
+        if type(doc) is not simdjson.Object:
+            reject(Reason.SCHEMA, f"top level must be a JSON object, got {kind_of(doc)}")
+        keys = list(doc.keys())
+        if len(set(keys)) != len(keys):
+            keys_of(doc, "the top level")  # raises, naming the duplicate
+        fmt = self.fmt
+        if fmt is RecordFormat.AUTO:
+            sniffed = sniff(keys)
+            if sniffed is None:
+                return None
+            fmt = sniffed
+        if fmt is RecordFormat.JSON:
+            return json_rows(doc, keys, raw, self._plan)
+        if fmt is RecordFormat.V2:
+            return v2_rows(doc, keys, self.spec)
+        if fmt is RecordFormat.V1:
+            return v1_rows(doc, keys, self.spec)
+        return seldon_rows(doc, keys, self.spec)
+
+    def _reparse(self, raw: bytes, exc: Exception) -> Any:
+        if isinstance(exc, RuntimeError) and "re-use a parser" in str(exc):
+            # A proxy from an earlier message is still alive somewhere: start afresh.
+            self._parser = simdjson.Parser()
+            try:
+                return self._parser.parse(raw)
+            except (ValueError, RuntimeError) as again:
+                exc = again
+        raise parse_failure(raw, exc) from None
+
+    # -- a batch ---------------------------------------------------------------------
+    def decode(self, messages: Sequence[MessageLike]) -> DecodedBatch:
+        """Rows of every decodable message; a dead letter or an ignore for the others."""
+        found: list[Rows] = []
+        sources: list[int] = []
+        dead: list[DeadLetter] = []
+        ignored: list[tuple[int, str]] = []
+        labels: list[ModelLabels | None] = [None] * len(messages)
+        plan = self._plan
+        hot = plan.flat and self.fmt in (RecordFormat.JSON, RecordFormat.AUTO)
+        shape0, n_classes, max_bytes = plan.shape0, plan.n_classes, self._max_bytes
+        doc = inst = out = None
+        parse = self._parser.parse
+        for index, message in enumerate(messages):
+            # The common case, inlined (a method call per message cost ~8%): a headerless
+            # json record whose flat instance (and output) hold the only brackets of the
+            # message (see formats._brackets_proved). Anything else, or odd, takes the
+            # general path below, which also says what is wrong. The parser's proxies must
+            # be dropped before the next parse, hence the ``= None``.
+            if hot:
+                x = y = None
+                try:
+                    raw = message.value()
+                    if raw and len(raw) <= max_bytes and not message.headers():
+                        doc = parse(raw)
+                        if type(doc) is simdjson.Object:
+                            keys = list(doc.keys())
+                            if (
+                                "instance" in keys
+                                and len(set(keys)) == len(keys)
+                                and _NO_LABELS(keys)
+                                and type(inst := doc["instance"]) is Array
+                                and len(inst) == shape0
+                            ):
+                                first = raw.find(b"[")
+                                if "output" not in keys:
+                                    if raw.find(b"[", first + 1) < 0:
+                                        x = inst.as_buffer(of_type="d")
+                                elif (
+                                    type(out := doc["output"]) is Array
+                                    and len(out) == n_classes
+                                    and raw.find(b"[", raw.find(b"[", first + 1) + 1) < 0
+                                ):
+                                    x = inst.as_buffer(of_type="d")
+                                    y = out.as_buffer(of_type="d")
+                except Exception:
+                    x = None
+                    parse = self._parser.parse  # _rows may have replaced a stuck parser
+                doc = inst = out = None
+                if x is not None:
+                    found.append((1, x, y, None))
+                    sources.append(index)
+                    continue
+            try:
+                headers = message.headers()
+                if headers:
+                    head = read_headers(headers)
+                    if head is not None:
+                        labels[index] = head.labels
+                        if head.is_response:
+                            ignored.append((index, "response"))
+                            continue
+                rows = self._rows(message.value())
+            except Exception as exc:  # every failure of one message is that message's own
+                dead.append(DeadLetter(index, *_failure(exc)))
+                parse = self._parser.parse  # _rows may have replaced a stuck parser
+                continue
+            if rows is None:
+                ignored.append((index, "response"))
+                continue
+            found.append(rows)
+            sources.append(index)
+            if rows[3] is not None:
+                labels[index] = merge_labels(labels[index], rows[3])
+        return self._assemble(found, sources, dead, ignored, labels)
+
+    def _assemble(
+        self,
+        found: list[Rows],
+        sources: list[int],
+        dead: list[DeadLetter],
+        ignored: list[tuple[int, str]],
+        labels: list[ModelLabels | None],
+    ) -> DecodedBatch:
+        """One float32 array for the batch, then the vectorised finiteness check."""
+        spec = self.spec
+        counts = [rows[0] for rows in found]
+        xs = [rows[1] for rows in found]
+        ys = [rows[2] for rows in found]
+        n_rows = sum(counts)
+        flat = np.frombuffer(b"".join(xs), dtype=np.float64)
+        if flat.size != n_rows * spec.size:  # the format checks make this impossible
+            raise RuntimeError(f"decoded {flat.size} numbers for {n_rows} rows")
+        with np.errstate(over="ignore", invalid="ignore"):
+            X = flat.astype(np.float32).reshape(n_rows, spec.size)
+        if len(counts) == n_rows:
+            row_message = np.asarray(sources, dtype=np.int64)
+            row_in = np.zeros(n_rows, dtype=np.int32)
+        else:
+            row_message = np.repeat(np.asarray(sources, dtype=np.int64), counts)
+            starts = np.cumsum(counts) - np.asarray(counts)
+            row_in = (np.arange(n_rows) - np.repeat(starts, counts)).astype(np.int32)
+        has_output, Y = self._outputs(ys, counts, n_rows)
+
+        ok = np.isfinite(X).all(axis=1)
+        out_ok = np.isfinite(Y).all(axis=1) | ~has_output
+        if not (ok.all() and out_ok.all()):
+            bad = np.unique(row_message[~(ok & out_ok)])
+            bad_x = set(row_message[~ok].tolist())
+            for index in bad.tolist():
+                where = "instance" if index in bad_x else "output"
+                dead.append(
+                    DeadLetter(
+                        index,
+                        Reason.NON_FINITE,
+                        f"{where} holds NaN, Infinity or a value beyond the float32 range",
+                    )
+                )
+            keep = ~np.isin(row_message, bad)
+            X, Y, has_output = X[keep], Y[keep], has_output[keep]
+            row_message, row_in = row_message[keep], row_in[keep]
+            dead.sort(key=lambda d: d.index)
+        return DecodedBatch(
+            X=np.ascontiguousarray(X.reshape(len(X), *spec.shape)),
+            outputs=Y if len(Y) and has_output.all() else None,
+            has_output=has_output,
+            row_message=row_message,
+            row_in_message=row_in,
+            dead=dead,
+            ignored=ignored,
+            model_labels=labels,
+        )
+
+    def _outputs(self, ys: list[Any], counts: list[int], n_rows: int) -> tuple[np.ndarray, Any]:
+        """(which rows carry an output, float32 outputs with zeros where absent)."""
+        n_classes = self.spec.n_classes
+        if all(y is not None for y in ys):
+            flat = np.frombuffer(b"".join(ys), dtype=np.float64)
+            has_output = np.ones(n_rows, dtype=bool)
+        else:
+            flat = np.zeros(n_rows * n_classes, dtype=np.float64)
+            has_output = np.zeros(n_rows, dtype=bool)
+            start = 0
+            for y, n in zip(ys, counts, strict=True):
+                if y is not None:
+                    flat[start * n_classes : (start + n) * n_classes] = np.frombuffer(y)
+                    has_output[start : start + n] = True
+                start += n
+        with np.errstate(over="ignore", invalid="ignore"):
+            return has_output, flat.astype(np.float32).reshape(n_rows, n_classes)
+
+
+def _failure(exc: Exception) -> tuple[Reason, str]:
+    if isinstance(exc, DecodeError):
+        return Reason(exc.reason), _clip(exc.detail)
+    if isinstance(exc, RecursionError):
+        return Reason.INVALID_JSON, "nested too deeply"
+    if isinstance(exc, MemoryError):
+        return Reason.TOO_LARGE, "ran out of memory while decoding"
+    return Reason.DECODER_ERROR, _clip(f"{type(exc).__name__}: {exc}")
+
+
+# -- identity of a flagged row -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordIdentity:
+    """Who a row is, for its alert: id, key, model, event type and context fields."""
+
+    id: str
+    key: bytes | None
+    model: ModelLabels | None
+    event_type: str | None
+    context: dict[str, Any]
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    timestamp_ms: int | None
+
+
+def record_identity(
+    message: MessageLike, fmt: RecordFormat | str, row_in_message: int
+) -> RecordIdentity:
+    """Identity of one decoded row (re-parses the message; meant for flagged rows only).
+
+    The id is the body's ``id``, else the CloudEvents ``ce_id``, else Seldon's
+    ``requestid``, else ``topic/partition/offset``; rows of a message holding several get
+    ``#<row>`` appended. Never raises for anything the message holds.
+    """
+    try:
+        head = read_headers(message.headers())
+    except Exception:
+        head = None
+    body = _body_of(message.value())
+    keys = list(body)
+    resolved = RecordFormat(fmt)
+    if resolved is RecordFormat.AUTO:
+        try:
+            resolved = sniff(keys) or RecordFormat.V2
+        except DecodeError:
+            resolved = RecordFormat.JSON
+    base = _text_id(body.get("id"))
+    if base is None and head is not None:
+        base = head.event_id or head.request_id
+    if base is None:
+        base = f"{message.topic()}/{message.partition()}/{message.offset()}"
+    if row_in_message > 0 or _row_count(body, resolved) > 1:
+        base = f"{base}#{row_in_message}"
+    body_model = labels_of(
+        text(body.get("model_name")), text(body.get("model_version")), text(body.get("namespace"))
+    )
+    key = message.key()
+    ts_type, ts = message.timestamp()
+    return RecordIdentity(
+        id=base,
+        key=key.encode() if isinstance(key, str) else key,
+        model=merge_labels(head.labels if head is not None else None, body_model),
+        event_type=head.event_type if head is not None else None,
+        context=_context(body, _FIELDS_OF[resolved]),
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        timestamp_ms=ts if ts_type else None,
+    )
+
+
+def _body_of(raw: bytes | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except (orjson.JSONDecodeError, RecursionError, MemoryError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _text_id(value: object) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return str(value)
+    return text(value)
+
+
+def _row_count(body: dict[str, Any], fmt: RecordFormat) -> int:
+    try:
+        if fmt is RecordFormat.V2:
+            shape = body["inputs"][0]["shape"]
+            return int(shape[0]) if len(shape) > 1 else 1
+        if fmt is RecordFormat.V1:
+            return len(body["instances"])
+        if fmt is RecordFormat.SELDON:
+            data = body["data"]
+            if "ndarray" in data:
+                return len(data["ndarray"])
+            return int(data["tensor"]["shape"][0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return 1
+    return 1
+
+
+def _context(body: dict[str, Any], exclude: frozenset[str]) -> dict[str, Any]:
+    """The body's other fields, kept whole while they fit ``MAX_CONTEXT_BYTES`` of JSON."""
+    context: dict[str, Any] = {}
+    used = 2
+    dropped = 0
+    for key, value in body.items():
+        if key in exclude:
+            continue
+        try:
+            size = len(orjson.dumps({key: value}))
+        except (TypeError, orjson.JSONEncodeError):
+            size = MAX_CONTEXT_BYTES + 1
+        if used + size <= MAX_CONTEXT_BYTES:
+            context[key] = value
+            used += size
+        else:
+            dropped += 1
+    if dropped:
+        context["_dropped_fields"] = dropped
+    return context
