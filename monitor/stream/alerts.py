@@ -17,6 +17,9 @@ ALERT_SCHEMA = "distillation-monitor/alert/v1"
 DRIFT_SCHEMA = "distillation-monitor/drift/v1"
 DEAD_LETTER_PREFIX = "dmon."
 
+Headers = list[tuple[str, str | bytes | None]]
+OriginalHeaders = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None
+
 
 @dataclass(frozen=True)
 class DetectorIdentity:
@@ -74,9 +77,9 @@ def alert_payload(
     detector: DetectorIdentity,
     classifier_class: int,
     distilled_class: int,
-    source_topic: str,
-    source_partition: int,
-    source_offset: int,
+    source_topic: str | None,
+    source_partition: int | None,
+    source_offset: int | None,
     source_timestamp_ms: int | None,
     row: int,
     context: dict[str, Any],
@@ -137,20 +140,19 @@ def dead_letter_headers(
     *,
     reason: str,
     detail: str,
-    topic: str,
-    partition: int,
-    offset: int,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
     timestamp_ms: int | None,
-    original: list[tuple[str, bytes | None]] | None,
-) -> list[tuple[str, bytes]]:
+    original: OriginalHeaders,
+) -> Headers:
     """The original headers, then ours under the ``dmon.`` prefix."""
-    headers: list[tuple[str, bytes]] = [
-        (k, v if v is not None else b"") for k, v in (original or [])
-    ]
+    pairs = original.items() if isinstance(original, dict) else (original or [])
+    headers: Headers = [(k, v if v is not None else b"") for k, v in pairs]
     headers += [
         (DEAD_LETTER_PREFIX + "reason", reason.encode()),
         (DEAD_LETTER_PREFIX + "error", detail.encode("utf-8", "replace")[:1024]),
-        (DEAD_LETTER_PREFIX + "source.topic", topic.encode()),
+        (DEAD_LETTER_PREFIX + "source.topic", (topic or "").encode()),
         (DEAD_LETTER_PREFIX + "source.partition", str(partition).encode()),
         (DEAD_LETTER_PREFIX + "source.offset", str(offset).encode()),
     ]

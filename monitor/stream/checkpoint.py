@@ -44,8 +44,8 @@ class BatchOffsets:
         first: dict[TP, int] = {}
         nxt: dict[TP, int] = {}
         for m in messages:
-            tp = (m.topic(), m.partition())
-            off = m.offset()
+            tp = (m.topic() or "", m.partition() or 0)
+            off = m.offset() or 0
             if tp not in first:
                 first[tp] = off
             nxt[tp] = off + 1

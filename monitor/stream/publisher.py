@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from monitor.errors import DeliveryError
+from monitor.stream.alerts import Headers
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class Outgoing:
     topic: str
     value: bytes
     key: bytes | None
-    headers: list[tuple[str, bytes]] | None
+    headers: Headers | None
     kind: str
 
 

@@ -37,6 +37,7 @@ from monitor.stream.drift import DriftResult, DriftWindow
 from monitor.stream.publisher import Outgoing, Publisher, describe
 from monitor.stream.records import InputSpec, Reason, RecordDecoder, RecordFormat, record_identity
 from monitor.stream.scoring import DetectorHandle
+from monitor.stream.topics import ensure_topics
 
 log = logging.getLogger("monitor.worker")
 
@@ -119,6 +120,11 @@ class Worker:
             stack.callback(server.stop)
             log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, self.metrics_port)
 
+            ensure_topics(
+                cfg.admin_conf(),
+                cfg.input_topic,
+                [cfg.alert_topic, cfg.dead_letter_topic, cfg.effective_drift_topic],
+            )
             self.producer = Producer({**cfg.producer_conf(), "error_cb": self._on_kafka_error})
             self.publisher = Publisher(self.producer)
             stack.callback(self._flush_producer)

@@ -1,0 +1,152 @@
+"""Running real workers against the local broker from tests: in a thread or a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import requests
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.config import WorkerConfig
+from monitor.stream.worker import Worker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker_config(
+    bootstrap: str,
+    detector: Path,
+    input_topic: str,
+    alert_topic: str,
+    dlq_topic: str,
+    group: str,
+    **kw: Any,
+) -> WorkerConfig:
+    base: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "input_topic": input_topic,
+        "alert_topic": alert_topic,
+        "dead_letter_topic": dlq_topic,
+        "group_id": group,
+        "detector": str(detector),
+        "metrics_port": 0,
+        "max_batch_wait_ms": 50,
+        "summary_interval_s": 0,
+        "stats_interval_ms": 1000,
+        "shutdown_timeout_s": 5.0,
+    }
+    base.update(kw)
+    return WorkerConfig(**base)
+
+
+@contextmanager
+def running_worker(config: WorkerConfig) -> Iterator[Worker]:
+    """A worker in a background thread; stopped and joined on exit (failures re-raised)."""
+    worker = Worker(config, handle_signals=False)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="worker", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: worker.metrics_port is not None or bool(errors), 60, "worker start")
+        if errors:
+            raise errors[0]
+        yield worker
+    finally:
+        worker.request_stop()
+        thread.join(60)
+        assert not thread.is_alive(), "worker did not stop within 60 s"
+    if errors:
+        raise errors[0]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The worker's /metrics as {'name{label="v",...}': value} (labels sorted)."""
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for key, value in metrics.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return [tp.offset for tp in tps]
+    finally:
+        consumer.close()
+
+
+def json_record(record_id: str, instance: np.ndarray, **extra: Any) -> bytes:
+    return orjson.dumps({"id": record_id, "instance": np.asarray(instance).tolist(), **extra})
+
+
+def start_worker_process(
+    args: list[str], env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``distillation-monitor run ...`` as a real process (for signals and SIGKILL)."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "monitor", "run", *args],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60
+) -> tuple[int, str]:
+    proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(
+            f"worker ignored signal {sig} for {timeout}s:\n{out.decode()[-3000:]}"
+        ) from None
+    return proc.returncode, out.decode(errors="replace")
