@@ -35,9 +35,11 @@ from typing import Any
 from monitor.errors import LocalKafkaError
 
 HOST = "127.0.0.1"
-PORT = 19092
-SASL_PORT = 19093
-CONTROLLER_PORT = 19094
+# DMON_LOCAL_KAFKA_PORT moves all three ports (client, client+1 SASL, client+2
+# controller), e.g. to run a second checkout's broker beside this one.
+PORT = int(os.environ.get("DMON_LOCAL_KAFKA_PORT", "19092"))
+SASL_PORT = PORT + 1
+CONTROLLER_PORT = PORT + 2
 BOOTSTRAP = f"{HOST}:{PORT}"
 SASL_BOOTSTRAP = f"{HOST}:{SASL_PORT}"
 SASL_MECHANISM = "PLAIN"
@@ -45,9 +47,9 @@ SASL_USER = "monitor"
 SASL_PASSWORD = "monitor-secret"
 KAFKA_VERSION = "4.1.2"  # keep equal to <kafka.version> in pom.xml (a test checks)
 
-DEFAULT_TIMEOUT = float(os.environ.get("DMON_KAFKA_TIMEOUT", "90"))
+DEFAULT_TIMEOUT = float(os.environ.get("DMON_LOCAL_KAFKA_TIMEOUT", "90"))
 STOP_GRACE = 30.0  # seconds between SIGTERM and SIGKILL; a clean shutdown takes a few
-HEAP = os.environ.get("DMON_KAFKA_HEAP", "512m")
+HEAP = os.environ.get("DMON_LOCAL_KAFKA_HEAP", "512m")
 
 DEPLOY_DIR = Path(__file__).resolve().parent
 REPO_ROOT = DEPLOY_DIR.parent.parent
@@ -383,8 +385,8 @@ def _spawn(java: str) -> int:
     cmd = [*_jvm_args(java), "kafka.Kafka", str(PROPS_FILE)]
     # The shell backgrounds java and exits at once, so the broker outlives the caller (a
     # pytest session, `make`) and never lingers as our zombie child.
-    script = 'exec "$@" </dev/null >"$DMON_KAFKA_OUT" 2>&1 &\necho $!'
-    env = {**os.environ, "DMON_KAFKA_OUT": str(STDOUT_FILE)}
+    script = 'exec "$@" </dev/null >"$DMON_LOCAL_KAFKA_OUT" 2>&1 &\necho $!'
+    env = {**os.environ, "DMON_LOCAL_KAFKA_OUT": str(STDOUT_FILE)}
     result = subprocess.run(
         ["sh", "-c", script, "sh", *cmd],
         capture_output=True,
