@@ -538,3 +538,7 @@ def reference_markdown() -> str:
         "| `--config FILE` | `DMON_CONFIG` | | TOML file with the options above and a `[kafka]` table |"
     )
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m monitor.config  -> the README's reference table
+    print(reference_markdown())

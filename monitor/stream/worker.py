@@ -42,6 +42,7 @@ from monitor.stream.topics import ensure_topics
 log = logging.getLogger("monitor.worker")
 
 IDLE_POLL_S = 0.5
+LIVENESS_STALL_S = 300.0
 SCORING_ERROR = "scoring_error"
 
 
@@ -114,7 +115,11 @@ class Worker:
             self.metrics = self._make_metrics()
             self.drift = self._make_drift()
             server = HealthServer(
-                self.registry, cfg.metrics_host, cfg.metrics_port, self._readiness
+                self.registry,
+                cfg.metrics_host,
+                cfg.metrics_port,
+                self._readiness,
+                live=self._liveness,
             )
             self.metrics_port = server.start()
             stack.callback(server.stop)
@@ -480,6 +485,13 @@ class Worker:
         stalled = time.monotonic() - self._last_loop
         if stalled > 60:
             return False, f"consume loop stalled for {stalled:.0f}s"
+        return True, "ok"
+
+    def _liveness(self) -> tuple[bool, str]:
+        """Alive while the loop turns; a loop stuck for minutes needs a restart."""
+        stalled = time.monotonic() - self._last_loop
+        if stalled > LIVENESS_STALL_S:
+            return False, f"consume loop stuck for {stalled:.0f}s"
         return True, "ok"
 
     def _on_kafka_error(self, err: KafkaError) -> None:
