@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from metrics_samples import (
     populated_metrics,
     variable_exprs,
 )
+from prometheus_harness import Prometheus, running_prometheus
 
 from monitor.http import DEFAULT_METRICS_PORT, HealthServer
 from monitor.metrics import WorkerMetrics
@@ -129,100 +128,38 @@ def test_promtool_finds_no_problem_in_a_real_scrape_of_populated_metrics() -> No
 # -- a real Prometheus scraping a live metrics server ------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _api(port: int, path: str, **params: str) -> Any:
-    url = f"http://127.0.0.1:{port}/api/v1/{path}"
-    if params:
-        url += "?" + urllib.parse.urlencode(params)
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        doc = json.loads(resp.read())
-    assert doc["status"] == "success", doc
-    return doc["data"]
-
-
 @pytest.mark.slow
 def test_a_real_prometheus_evaluates_every_rule_and_dashboard_query_with_data(
     tmp_path: Path,
 ) -> None:
-    exe = shutil.which("prometheus")
-    assert exe, "prometheus not found: `make tools` installs the Debian package prometheus"
     dashboard = json.loads(DASHBOARD.read_text())
     metrics = populated_metrics(include_process=False)
     stop = threading.Event()
     feeder = threading.Thread(target=_feed, args=(metrics, stop), daemon=True)
     server = HealthServer(metrics.registry, "127.0.0.1", 0, lambda: (True, "ready"))
-    target_port, prom_port = server.start(), _free_port()
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(PROM_DIR / "alerts.yml")],
-        "scrape_configs": [
-            {
-                "job_name": "distillation-monitor",
-                "static_configs": [{"targets": [f"127.0.0.1:{target_port}"]}],
-            }
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    log = (tmp_path / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [
-            exe,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{prom_port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    feeder.start()
+    target_port = server.start()
     try:
-        _wait_for_samples(prom_port, proc, tmp_path / "prometheus.log")
-        empty = []
-        for title, expr in panel_exprs(dashboard) + variable_exprs(dashboard):
-            data = _api(prom_port, "query", query=grafana_to_promql(expr, "10s"))
-            if not data["result"]:
-                empty.append(f"{title}: {expr}")
-        assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
-        rules = [r for g in _api(prom_port, "rules")["groups"] for r in g["rules"]]
-        assert len(rules) == len(rule_list())
-        assert all(r["health"] == "ok" for r in rules), [
-            (r["name"], r.get("lastError")) for r in rules
-        ]
-        # Once traffic stops, Prometheus' totals equal the worker's, record for record.
-        stop.set()
-        feeder.join(timeout=10)
-        _wait_for_equal_totals(prom_port, metrics)
+        with running_prometheus(tmp_path, [f"127.0.0.1:{target_port}"]) as prom:
+            feeder.start()
+            prom.wait_for_samples()
+            empty = []
+            for title, expr in panel_exprs(dashboard) + variable_exprs(dashboard):
+                if not prom.query(grafana_to_promql(expr, "10s")):
+                    empty.append(f"{title}: {expr}")
+            assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+            rules = [r for g in prom.api("rules")["groups"] for r in g["rules"]]
+            assert len(rules) == len(rule_list())
+            assert all(r["health"] == "ok" for r in rules), [
+                (r["name"], r.get("lastError")) for r in rules
+            ]
+            # Once traffic stops, Prometheus' totals equal the worker's, record for record.
+            stop.set()
+            feeder.join(timeout=10)
+            _wait_for_equal_totals(prom, metrics)
     finally:
         stop.set()
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
         server.stop()
         feeder.join(timeout=5)
-
-
-def _wait_for_samples(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    """Until Prometheus has scraped the target for a while and evaluated the rules."""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "prometheus exited:\n" + log.read_text()[-3000:]
-        try:
-            result = _api(port, "query", query="count_over_time(distillation_monitor_up[1m])")[
-                "result"
-            ]
-        except OSError:
-            result = []
-        if result and float(result[0]["value"][1]) >= 12:
-            return
-        time.sleep(0.5)
-    raise AssertionError(
-        "prometheus did not scrape the target in 90 s:\n" + log.read_text()[-3000:]
-    )
 
 
 TOTALS = (
@@ -233,7 +170,7 @@ TOTALS = (
 )
 
 
-def _wait_for_equal_totals(port: int, metrics: WorkerMetrics) -> None:
+def _wait_for_equal_totals(prom: Prometheus, metrics: WorkerMetrics) -> None:
     def exported(name: str) -> float:
         return sum(s.value for f in metrics.registry.collect() for s in f.samples if s.name == name)
 
@@ -244,8 +181,8 @@ def _wait_for_equal_totals(port: int, metrics: WorkerMetrics) -> None:
     while got != want and time.monotonic() < deadline:
         time.sleep(0.5)
         for name in TOTALS:
-            result = _api(port, "query", query=f"sum({name})")["result"]
-            got[name] = float(result[0]["value"][1]) if result else -1.0
+            value = prom.value(f"sum({name})")
+            got[name] = -1.0 if value is None else value
     assert got == want
 
 
