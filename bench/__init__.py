@@ -1,0 +1,1 @@
+"""Benchmarks (``make bench``): ``bench/run.py`` runs the whole suite; modules are its stages."""

@@ -1,0 +1,105 @@
+"""The machine's limits for each stage of the worker, measured alone on the same data.
+
+1. consume: confluent-kafka with the worker's consumer settings, messages discarded;
+2. score: the worker's scoring step (``DetectorHandle.score``) on in-memory batches;
+3. decode: the worker's ``RecordDecoder`` on the consumed messages.
+
+Each runs in this process, which has TensorFlow loaded like the worker has, with
+``gc.freeze()`` applied by the caller after start-up like the worker does.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from confluent_kafka import Consumer, Message
+
+from monitor.config import WorkerConfig
+from monitor.stream.records import InputSpec, RecordDecoder, RecordFormat
+from monitor.stream.scoring import DetectorHandle
+
+CONSUME_BATCH = 4096
+
+
+@dataclass
+class Consumed:
+    records: int
+    seconds: float
+    sample: list[bytes]  # the first values, kept for the decode and scoring stages
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
+
+
+def consume_limit(topic: str, n: int, keep: int, bootstrap: str) -> Consumed:
+    """Read ``n`` records as fast as possible; time from the first message to the last."""
+    conf = WorkerConfig(bootstrap_servers=bootstrap, group_id=f"bench-raw-{uuid.uuid4().hex[:8]}")
+    consumer = Consumer({**conf.consumer_conf(), "statistics.interval.ms": 0})
+    consumer.subscribe([topic])
+    sample: list[bytes] = []
+    got = 0
+    started = 0.0
+    deadline = time.monotonic() + 120
+    try:
+        while got < n and time.monotonic() < deadline:
+            messages = consumer.consume(num_messages=CONSUME_BATCH, timeout=1.0)
+            if not messages:
+                continue
+            if not got:
+                started = time.perf_counter()
+            got += len(messages)
+            if len(sample) < keep:
+                sample.extend(m.value() or b"" for m in messages[: keep - len(sample)])
+        seconds = time.perf_counter() - started
+    finally:
+        consumer.close()
+    if got < n:
+        raise RuntimeError(f"consumed only {got} of {n} records from {topic} in 120s")
+    # The first call's records arrived before the clock started: leave them out.
+    first = min(n, CONSUME_BATCH)
+    return Consumed(got - first, seconds, sample)
+
+
+def as_messages(values: list[bytes], topic: str) -> list[Message]:
+    return [
+        Message(topic=topic, partition=0, offset=i, value=v, timestamp=(1, 0))
+        for i, v in enumerate(values)
+    ]
+
+
+def decode_limit(
+    messages: list[Message], shape: tuple[int, ...], batch: int, repeat: int = 3
+) -> tuple[float, np.ndarray]:
+    """Best records/s of the record decoder over ``repeat`` passes; also the decoded rows."""
+    decoder = RecordDecoder(InputSpec(shape=shape, n_classes=10), RecordFormat.JSON)
+    best = 0.0
+    rows: list[np.ndarray] = []
+    for attempt in range(repeat):
+        started = time.perf_counter()
+        for i in range(0, len(messages), batch):
+            decoded = decoder.decode(messages[i : i + batch])
+            if decoded.dead:
+                raise RuntimeError(f"unexpected dead letters: {decoded.dead[:3]}")
+            if attempt == 0:
+                rows.append(decoded.X)
+        best = max(best, len(messages) / (time.perf_counter() - started))
+    return best, np.concatenate(rows)
+
+
+def score_limit(handle: DetectorHandle, X: np.ndarray, batch: int, seconds: float) -> float:
+    """records/s of the worker's scoring step on batches of ``batch`` rows, for ~``seconds``."""
+    batches = [X[i : i + batch] for i in range(0, len(X) - batch + 1, batch)] or [X[:batch]]
+    handle.score(batches[0], None)  # warm
+    done = 0
+    started = time.perf_counter()
+    i = 0
+    while True:
+        done += len(handle.score(batches[i % len(batches)], None).scores)
+        i += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and i >= 3:
+            return done / elapsed
