@@ -15,6 +15,7 @@ import numpy as np
 from monitor.evaluation.harm import Case
 from monitor.evaluation.metrics import roc_points
 from monitor.evaluation.suite import POOLED
+from monitor.evaluation.summary import BAR_MIN_SEVERITY
 
 GROUP_COLOURS = {"clean": "tab:green", "harmless": "tab:blue", "harmful": "tab:red"}
 SCORE_FLOOR = 1e-6
@@ -37,8 +38,21 @@ def _by_corruption(items: Sequence[Any], name_of: Any) -> dict[str, list[Any]]:
     return out
 
 
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
+def _grid(n: int, width: float, height: float, ncols: int = 4) -> tuple[Any, list[Any]]:
+    """A figure with ``n`` panels in rows of ``ncols``; unused panels are hidden."""
+    plt = _pyplot()
+    cols = min(n, ncols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
+
+
+def _save(fig: Any, path: Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     _pyplot().close(fig)
     return path
@@ -77,42 +91,46 @@ def score_distributions(cases: Sequence[Case], path: Path) -> Path:
 
 def by_severity(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Mean harmless vs harmful score and classifier accuracy against severity/epsilon."""
-    plt = _pyplot()
     groups = _by_corruption(rows, lambda r: r["corruption"])
-    fig, axes = plt.subplots(1, len(groups), figsize=(3.0 * len(groups), 2.8), squeeze=False)
-    for ax, (name, members) in zip(axes[0], groups.items(), strict=True):
+    fig, axes = _grid(len(groups), 3.2, 2.8)
+    handles: list[Any] = []
+    for ax, (name, members) in zip(axes, groups.items(), strict=True):
         levels = [m["level"] for m in members]
+        lines = []
         for key, colour in (("score_harmless", "tab:blue"), ("score_harmful", "tab:red")):
             values = [np.nan if m[key] is None else m[key] for m in members]
-            ax.plot(levels, values, "o-", color=colour, label=key.split("_")[1])
+            lines += ax.plot(levels, values, "o-", color=colour, label=f"mean {key[6:]} score")
         ax.set_yscale("log")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epsilon" if members[0]["kind"] == "attack" else "severity", fontsize=8)
+        ax.set_ylabel("mean score", fontsize=8)
         ax.tick_params(labelsize=7)
         acc = ax.twinx()
-        acc.plot(levels, [m["accuracy"] for m in members], "s--", color="grey", label="accuracy")
+        lines += acc.plot(
+            levels, [m["accuracy"] for m in members], "s--", color="grey", label="accuracy"
+        )
         acc.set_ylim(0, 1.02)
+        acc.set_ylabel("classifier accuracy", fontsize=8)
         acc.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("mean score", fontsize=8)
-    axes[0][0].legend(fontsize=6, loc="upper left")
-    return _save(fig, path)
+        handles = handles or lines
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return _save(fig, path, tight=False)
 
 
 def roc_curves(cases: Sequence[Case], path: Path) -> Path:
     """ROC of harmful vs harmless per case, and detector vs entropy baseline pooled."""
-    plt = _pyplot()
     groups = _by_corruption(cases, lambda c: c.spec.name)
-    pooled = [c for c in cases if c.spec.kind == "natural" and c.spec.level >= 3]
-    n = len(groups) + bool(pooled)
-    fig, axes = plt.subplots(1, n, figsize=(2.8 * n, 2.9), squeeze=False)
-    for ax, (name, members) in zip(axes[0], groups.items(), strict=False):
+    pooled = [c for c in cases if c.spec.kind == "natural" and c.spec.level >= BAR_MIN_SEVERITY]
+    fig, axes = _grid(len(groups) + bool(pooled), 2.9, 2.9)
+    for ax, (name, members) in zip(axes, groups.items(), strict=False):
         for case in members:
             points = roc_points(case.group("harmless"), case.group("harmful"))
             if points is not None:
                 ax.plot(*points, label=f"{case.spec.level:g}", linewidth=1)
         ax.set_title(name, fontsize=9)
     if pooled:
-        ax = axes[0][-1]
+        ax = axes[-1]
         for baseline, style in ((False, "tab:red"), (True, "grey")):
             harmless = np.concatenate([c.group("harmless", baseline) for c in pooled])
             harmful = np.concatenate([c.group("harmful", baseline) for c in pooled])
@@ -121,13 +139,13 @@ def roc_curves(cases: Sequence[Case], path: Path) -> Path:
                 label = "entropy baseline" if baseline else "detector"
                 ax.plot(*points, color=style, label=label, linewidth=1)
         ax.set_title(f"{POOLED} pooled", fontsize=9)
-    for ax in axes[0]:
+    for ax in axes:
         ax.plot([0, 1], [0, 1], ":", color="black", linewidth=0.5)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("FPR (harmless)", fontsize=8)
+        ax.set_ylabel("TPR (harmful)", fontsize=8)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, loc="lower right")
-    axes[0][0].set_ylabel("TPR (harmful)", fontsize=8)
     return _save(fig, path)
 
 
