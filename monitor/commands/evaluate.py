@@ -14,8 +14,9 @@ at several epsilons, or your own corrupted set. Also runs the window drift test 
 against clean reference scores) on windows contaminated with 0-100% harmful or harmless
 inputs. The classifier's own predictive entropy is reported as the trivial baseline.
 
-Without --detector and --data, it evaluates the bundled digits demo: one demo detector
-per seed, built (by `fit`'s defaults) into --cache and reused on later runs.
+Without --detector, it evaluates the bundled digits demo: one demo detector per seed
+(built with `fit`'s defaults into --cache and reused on later runs), each on its own
+test split. With --detector, the seeds vary only the corruptions and window draws.
 Prints tables, writes report.json and PNG plots into --out.
 """
 
