@@ -63,3 +63,7 @@ class MetricsServerError(MonitorError):
 
 class EvaluationError(MonitorError, ValueError):
     """Inputs or options of ``evaluate`` that cannot be used (missing arrays, mismatched rows)."""
+
+
+class DemoError(MonitorError):
+    """The demo or its traffic generator cannot run (bad options, broker or topic trouble)."""
