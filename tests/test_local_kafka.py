@@ -52,7 +52,7 @@ def test_server_listens_on_loopback_only_with_single_replica_internal_topics() -
     assert props["transaction.state.log.replication.factor"] == "1"
     assert props["transaction.state.log.min.isr"] == "1"
     assert props["group.initial.rebalance.delay.ms"] == "0"
-    assert "SASL_PLAINTEXT://127.0.0.1:19093" in props["listeners"]
+    assert f"SASL_PLAINTEXT://127.0.0.1:{local_kafka.SASL_PORT}" in props["listeners"]
 
 
 def test_pinned_kafka_version_in_pom_matches_the_script() -> None:
