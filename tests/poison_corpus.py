@@ -223,6 +223,21 @@ def poison_corpus(spec: InputSpec) -> list[Poison]:
             d({"instance": _ragged_same_count(inst), "note": skeleton(spec.shape).decode()}),
             R.SHAPE,
         ),
+        p(
+            "ragged_next_to_escaped_strings",
+            d({"note": 'say "hi" \\ bye', "instance": _ragged_same_count(inst)}),
+            R.SHAPE,
+        ),
+        p(
+            "ragged_with_instance_also_a_value",
+            d({"tag": "instance", "instance": _ragged_same_count(inst), "output": out}),
+            R.SHAPE,
+        ),
+        p(
+            "ragged_with_instance_key_nested_deeper",
+            d({"instance": _ragged_same_count(inst), "ctx": {"instance": inst}}),
+            R.SHAPE,
+        ),
         p("huge_array", b'{"instance": [' + b"0," * huge + b"0]}", R.SHAPE),
         p("deep_nesting_within_limit", b'{"instance": ' + b"[" * 500 + b"]" * 500 + b"}", R.SHAPE),
         p("output_wrong_length", d({"instance": inst, "output": [*out, 0.0]}), R.SHAPE),
@@ -281,6 +296,9 @@ def poison_corpus(spec: InputSpec) -> list[Poison]:
             F.SELDON,
         ),
     ]
+    if spec.n_classes >= 2:
+        ragged_out = d({"instance": inst, "output": _ragged_same_count(out)})
+        corpus.append(p("ragged_output_same_count", ragged_out, R.SHAPE))
     names = [c.name for c in corpus]
     assert len(names) == len(set(names)), "poison names must be unique"
     return corpus

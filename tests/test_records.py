@@ -251,8 +251,17 @@ def test_outputs_are_none_when_some_rows_lack_one_and_null_means_absent() -> Non
         {"note": "[[[ ]]] [ ,"},  # brackets inside strings
         {"nested": {"instance": [1, 2, 3]}},  # an "instance" key deeper down
         {"model": "m", "n": None, "ok": True},
+        {"note": 'say "hi" \\ caf\u00e9'},  # escapes: the raw text can't be trusted
+        {"tag": "instance", "kind": "output"},  # the keys also appear as values
     ],
-    ids=["arrays", "brackets-in-strings", "nested-instance-key", "scalars"],
+    ids=[
+        "arrays",
+        "brackets-in-strings",
+        "nested-instance-key",
+        "scalars",
+        "escapes",
+        "key-values",
+    ],
 )
 def test_records_with_arrays_or_brackets_in_other_fields_still_decode(
     spec_name: str, extra: dict[str, Any]
@@ -575,3 +584,14 @@ def test_decoder_reuse_across_batches_gives_independent_results() -> None:
     second = decoder.decode([msg(good_record(FLAT, 1))])
     np.testing.assert_array_equal(first.X[0], good_instance(FLAT, 0))
     np.testing.assert_array_equal(second.X[0], good_instance(FLAT, 1))
+
+
+def test_header_caches_stay_bounded_under_hostile_headers() -> None:
+    from monitor.stream import headers as h
+
+    for i in range(10_000):
+        h.decoder_facts([(f"x-{i}", b"1"), ("ce_namespace", f"ns-{i}".encode())])
+    assert len(h._FACTS_CACHE) <= h._CACHE_MAX
+    assert len(h._FIELD_CACHE) <= h._CACHE_MAX
+    assert len(h._LABEL_CACHE) <= h._CACHE_MAX
+    assert h.decoder_facts([("ce_namespace", b"ns-1")]) == (ModelLabels(None, None, "ns-1"), False)

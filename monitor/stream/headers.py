@@ -69,10 +69,10 @@ _FIELDS = {
     "namespace": "namespace",
 }
 
-# Interned labels: a batch of 512 records from one model shares one object. Bounded so
-# hostile headers can't grow it without limit.
+# Interned labels: a batch of 512 records from one model shares one object. The caches
+# here are emptied when full, so hostile headers can't grow them without limit.
 _LABEL_CACHE: dict[tuple[str | None, str | None, str | None], ModelLabels] = {}
-_LABEL_CACHE_MAX = 4096
+_CACHE_MAX = 4096
 
 
 def text(value: object) -> str | None:
@@ -92,8 +92,9 @@ def labels_of(name: str | None, version: str | None, namespace: str | None) -> M
     found = _LABEL_CACHE.get(key)
     if found is None:
         found = ModelLabels(name, version, namespace)
-        if len(_LABEL_CACHE) < _LABEL_CACHE_MAX:
-            _LABEL_CACHE[key] = found
+        if len(_LABEL_CACHE) >= _CACHE_MAX:
+            _LABEL_CACHE.clear()
+        _LABEL_CACHE[key] = found
     return found
 
 
@@ -115,21 +116,43 @@ def _normalise(name: str) -> str:
     return name[3:] if name.startswith("ce_") else name
 
 
+_FIELD_CACHE: dict[str, str | None] = {}
+
+
+def _field(name: str) -> str | None:
+    """The field a header name feeds (memoised: a topic's header names repeat)."""
+    try:
+        return _FIELD_CACHE[name]
+    except KeyError:
+        field = _FIELDS.get(_normalise(name))
+        if len(_FIELD_CACHE) >= _CACHE_MAX:
+            _FIELD_CACHE.clear()
+        _FIELD_CACHE[name] = field
+        return field
+
+
+def _pairs(headers: Headers) -> list[tuple[str, str]]:
+    """(field, text) of the known headers, in order, skipping malformed entries."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out = []
+    for pair in items:
+        if not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], str):
+            continue
+        field = _field(pair[0])
+        if field is not None:
+            value = text(pair[1])
+            if value is not None:
+                out.append((field, value))
+    return out
+
+
 def read_headers(headers: Headers | None) -> HeaderInfo | None:
     """Pick the known fields out of a message's headers (list of pairs or mapping)."""
     if not headers:
         return None
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
     found: dict[str, str] = {}
-    for pair in pairs:
-        if not isinstance(pair, tuple) or len(pair) != 2 or not isinstance(pair[0], str):
-            continue
-        field = _FIELDS.get(_normalise(pair[0]))
-        if field is None or field in found:
-            continue
-        value = text(pair[1])
-        if value is not None:
-            found[field] = value
+    for field, value in _pairs(headers):
+        found.setdefault(field, value)  # the first one wins
     if not found:
         return None
     return HeaderInfo(
@@ -142,3 +165,33 @@ def read_headers(headers: Headers | None) -> HeaderInfo | None:
             found.get("namespace"),
         ),
     )
+
+
+# What the decoder needs per message, keyed by the raw label and type headers: a topic's
+# messages mostly repeat them, so the decoding and normalising happen once.
+_FACTS_CACHE: dict[tuple[tuple[str, object], ...], tuple[ModelLabels | None, bool]] = {}
+_IDS = frozenset({"event_id", "request_id"})
+
+
+def decoder_facts(headers: Headers) -> tuple[ModelLabels | None, bool]:
+    """(model labels, is a response event) from a message's headers, cheaply."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    key = []
+    for pair in items:
+        if type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str:
+            field = _field(pair[0])
+            if field is not None and field not in _IDS:
+                value = pair[1]
+                if value is None or type(value) is bytes or type(value) is str:
+                    key.append((field, value))
+    frozen = tuple(key)
+    try:
+        return _FACTS_CACHE[frozen]
+    except KeyError:
+        pass
+    info = read_headers(headers)
+    facts = (None, False) if info is None else (info.labels, info.is_response)
+    if len(_FACTS_CACHE) >= _CACHE_MAX:
+        _FACTS_CACHE.clear()
+    _FACTS_CACHE[frozen] = facts
+    return facts

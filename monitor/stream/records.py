@@ -24,12 +24,17 @@ from monitor.stream.formats import (
     Reason,
     RecordFormat,
     Rows,
+    array_start,
+    count_of,
+    flat_value,
     json_rows,
     keys_of,
     kind_of,
     parse_failure,
     reject,
     seldon_rows,
+    skeleton,
+    skeleton_at,
     sniff,
     v1_rows,
     v2_rows,
@@ -37,6 +42,7 @@ from monitor.stream.formats import (
 from monitor.stream.headers import (
     Headers,
     ModelLabels,
+    decoder_facts,
     labels_of,
     merge_labels,
     read_headers,
@@ -152,10 +158,10 @@ class RecordDecoder:
         if fmt is RecordFormat.JSON:
             return json_rows(doc, keys, raw, self._plan)
         if fmt is RecordFormat.V2:
-            return v2_rows(doc, keys, self.spec)
+            return v2_rows(doc, keys, raw, self.spec)
         if fmt is RecordFormat.V1:
-            return v1_rows(doc, keys, self.spec)
-        return seldon_rows(doc, keys, self.spec)
+            return v1_rows(doc, keys, raw, self.spec)
+        return seldon_rows(doc, keys, raw, self.spec)
 
     def _reparse(self, raw: bytes, exc: Exception) -> Any:
         if isinstance(exc, RuntimeError) and "re-use a parser" in str(exc):
@@ -176,21 +182,35 @@ class RecordDecoder:
         ignored: list[tuple[int, str]] = []
         labels: list[ModelLabels | None] = [None] * len(messages)
         plan = self._plan
-        hot = plan.flat and self.fmt in (RecordFormat.JSON, RecordFormat.AUTO)
-        shape0, n_classes, max_bytes = plan.shape0, plan.n_classes, self._max_bytes
-        doc = inst = out = None
+        hot = self.fmt in (RecordFormat.JSON, RecordFormat.AUTO)
+        flat, shape0, n_classes, size = plan.flat, plan.shape0, plan.n_classes, plan.size
+        expected, max_bytes = skeleton(plan.shape), self._max_bytes
+        doc: Any = None
+        inst: Any = None
+        out: Any = None
         parse = self._parser.parse
         for index, message in enumerate(messages):
-            # The common case, inlined (a method call per message cost ~8%): a headerless
-            # json record whose flat instance (and output) hold the only brackets of the
-            # message (see formats._brackets_proved). Anything else, or odd, takes the
-            # general path below, which also says what is wrong. The parser's proxies must
-            # be dropped before the next parse, hence the ``= None``.
+            try:
+                headers = message.headers()
+                if headers:
+                    labels[index], response = decoder_facts(headers)
+                    if response:
+                        ignored.append((index, "response"))
+                        continue
+                raw = message.value()
+            except Exception as exc:
+                dead.append(DeadLetter(index, *_failure(exc)))
+                continue
+            # The common case, inlined (a method call per message cost ~8%): a json
+            # record. Its nesting is proved from the raw text: for a flat instance by there
+            # being no other "[" in the message, else at the keys' positions
+            # (formats.array_start). Anything else, or odd, takes the general path, which
+            # also says what is wrong. The parser's proxies must be dropped before the
+            # next parse, hence the ``= None``.
             if hot:
                 x = y = None
                 try:
-                    raw = message.value()
-                    if raw and len(raw) <= max_bytes and not message.headers():
+                    if raw and len(raw) <= max_bytes:
                         doc = parse(raw)
                         if type(doc) is simdjson.Object:
                             keys = list(doc.keys())
@@ -201,16 +221,34 @@ class RecordDecoder:
                                 and type(inst := doc["instance"]) is Array
                                 and len(inst) == shape0
                             ):
-                                first = raw.find(b"[")
-                                if "output" not in keys:
-                                    if raw.find(b"[", first + 1) < 0:
+                                has_out = "output" in keys
+                                if has_out:
+                                    out = doc["output"]
+                                    usable = type(out) is Array and len(out) == n_classes
+                                else:
+                                    usable = True
+                                if not usable:
+                                    pass
+                                elif flat:
+                                    second = raw.find(b"[", raw.find(b"[") + 1)
+                                    if (
+                                        second < 0
+                                        or (has_out and raw.find(b"[", second + 1) < 0)
+                                        or (
+                                            flat_value(raw, b'"instance"')
+                                            and (not has_out or flat_value(raw, b'"output"'))
+                                        )
+                                    ):
                                         x = inst.as_buffer(of_type="d")
                                 elif (
-                                    type(out := doc["output"]) is Array
-                                    and len(out) == n_classes
-                                    and raw.find(b"[", raw.find(b"[", first + 1) + 1) < 0
+                                    (start := array_start(raw, b'"instance"')) >= 0
+                                    and skeleton_at(raw, start, expected)
+                                    and (not has_out or flat_value(raw, b'"output"'))
                                 ):
                                     x = inst.as_buffer(of_type="d")
+                                    if count_of(x) != size:  # [] and [5] share a skeleton
+                                        x = None
+                                if x is not None and has_out:
                                     y = out.as_buffer(of_type="d")
                 except Exception:
                     x = None
@@ -221,15 +259,7 @@ class RecordDecoder:
                     sources.append(index)
                     continue
             try:
-                headers = message.headers()
-                if headers:
-                    head = read_headers(headers)
-                    if head is not None:
-                        labels[index] = head.labels
-                        if head.is_response:
-                            ignored.append((index, "response"))
-                            continue
-                rows = self._rows(message.value())
+                rows = self._rows(raw)
             except Exception as exc:  # every failure of one message is that message's own
                 dead.append(DeadLetter(index, *_failure(exc)))
                 parse = self._parser.parse  # _rows may have replaced a stuck parser
