@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 KAFKA := $(PY) deploy/local/kafka.py
 DEMO_DETECTOR ?= .local/demo-detector
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -16,6 +17,7 @@ export PYTHONUNBUFFERED := 1
 
 help:
 	@echo "make demo        end-to-end demo: broker, detector, worker, clean+corrupted traffic"
+	@echo "                 (DEMO_ARGS=\"--duration 20 --rate 500\" to change it)"
 	@echo "make test        the whole suite (sets up .venv, tools and the local broker)"
 	@echo "make bench       benchmarks (make bench-quick for a short run)"
 	@echo "make kafka-up | kafka-down | kafka-status | kafka-logs   the local broker"
@@ -59,7 +61,7 @@ test: venv tools kafka-up lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: venv kafka-up
-	$(PY) -m monitor demo --detector $(DEMO_DETECTOR)
+	$(PY) -m monitor demo --detector $(DEMO_DETECTOR) $(DEMO_ARGS)
 
 bench: venv kafka-up
 	$(PY) bench/run.py
