@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
 
     records = traffic.records(total, malformed)
     sent = send_steadily(producer, args.topic, records, args.rate, progress)
-    line.finish(sent.progress(sent.seconds, total))
+    line.show(sent.progress(sent.seconds, total), sent.seconds)
+    line.finish()
     print(f"done: {sent.total} records in {sent.seconds:.1f}s ({sent.rate:.0f}/s)")
     return 0

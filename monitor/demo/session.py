@@ -256,7 +256,7 @@ def where(opts: DemoOptions, made: DemoTopics, base: str, say: Say) -> None:
     b = opts.bootstrap_servers
     say("")
     say("where to look:")
-    say(f"  alert topic    {made.alerts} on {b} (kept after the demo)")
+    say(f"  alert topic    {made.alerts} on {b} (kept until the next demo run)")
     say(f"  read alerts    kcat -b {b} -C -t {made.alerts} -e -q -c 3")
     say(f"  dead letters   kcat -b {b} -C -t {made.dead_letters} -e -q -f '%h  %s\\n'")
     say(f"  metrics        {base}/metrics (served while the demo ran)")

@@ -83,20 +83,25 @@ class LiveLine:
         self.plain_every_s = plain_every_s
         self._last_plain = float("-inf")
         self._width = 0
+        self._text = ""
+        self._shown = ""
 
     def show(self, text: str, elapsed: float) -> None:
+        self._text = text
         if self.tty:
             self.stream.write("\r" + text.ljust(self._width))
             self._width = len(text)
+            self._shown = text
         elif elapsed - self._last_plain >= self.plain_every_s - 0.5:
             self.stream.write(text + "\n")
             self._last_plain = elapsed
+            self._shown = text
         self.stream.flush()
 
-    def finish(self, text: str | None = None) -> None:
-        """End the line (and print ``text`` as its final state, if given)."""
+    def finish(self) -> None:
+        """End the line; a plain stream also gets the latest state if it was not shown."""
         if self.tty:
-            self.stream.write("\r" + (text or "").ljust(self._width) + "\n" if text else "\n")
-        elif text:
-            self.stream.write(text + "\n")
+            self.stream.write("\n")
+        elif self._text and self._text != self._shown:
+            self.stream.write(self._text + "\n")
         self.stream.flush()
