@@ -414,7 +414,19 @@ def _read_toml(path: str) -> tuple[dict[str, Any], dict[str, str]]:
         if name not in OPTION_BY_NAME:
             raise ConfigError(f"config file {path}: unknown option {key!r}")
         values[name] = value
-    return values, {str(k): _kafka_value(v) for k, v in kafka_table.items()}
+    return values, _flatten_kafka(kafka_table)
+
+
+def _flatten_kafka(table: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``[kafka]`` entries as librdkafka keys; unquoted dotted keys are nested tables in TOML."""
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten_kafka(value, name + "."))
+        else:
+            out[name] = _kafka_value(value)
+    return out
 
 
 def _kafka_value(value: Any) -> str:

@@ -97,6 +97,15 @@ def test_invalid_configuration_is_one_clear_error(
         load_config(parse(*args), environ=env)
 
 
+def test_unquoted_dotted_kafka_keys_in_the_file_become_librdkafka_keys(
+    tmp_path: Path, detector_dir: Path
+) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('[kafka]\nsecurity.protocol = "SASL_SSL"\n"sasl.mechanism" = "PLAIN"\n')
+    cfg = load_config(parse("--config", str(toml), "--detector", str(detector_dir)), environ={})
+    assert cfg.kafka == {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN"}
+
+
 def test_unknown_key_in_file_is_refused(tmp_path: Path, detector_dir: Path) -> None:
     toml = tmp_path / "c.toml"
     toml.write_text('detectr = "x"\n')
