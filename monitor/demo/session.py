@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from monitor.demo.worker_thread import WorkerThread, port_or_any
 from monitor.errors import DemoError
 
 DRAIN_TIMEOUT_S = 60.0
+SPEED_WINDOW_S = 5.0
 METRICS_HOST = "127.0.0.1"
 
 Say = Callable[[str], None]
@@ -107,28 +109,27 @@ def _detector(opts: DemoOptions, say: Say) -> None:
     from monitor.detector.demo import build_demo_detector
     from monitor.detector.persistence import read_manifest
 
+    lead = "[2/5] detector:"
     if not (opts.detector / "manifest.json").is_file():
-        say(
-            f"[2/5] detector: building the digits demo detector in {opts.detector} (first run only) ..."
-        )
+        say(f"{lead} building the digits demo detector in {opts.detector} (first run only) ...")
         started = time.monotonic()
         build_demo_detector(opts.detector, seed=0)
-        say(f"      built in {time.monotonic() - started:.0f}s")
+        lead = f"      built in {time.monotonic() - started:.0f}s:"
     manifest = read_manifest(opts.detector)
     say(
-        f"[2/5] detector: {opts.detector} ({manifest.name} v{manifest.version}, "
+        f"{lead} {opts.detector} ({manifest.name} v{manifest.version}, "
         f"{manifest.loss_type}, threshold {manifest.threshold:.4g})"
     )
 
 
 def _topics(conf: dict[str, Any], opts: DemoOptions, run_id: str, say: Say) -> DemoTopics:
     earlier = earlier_run_topics(topics.topic_names(conf), opts.topic_prefix)
-    if earlier:
-        topics.delete_topics(conf, earlier)
-        say(f"      removed {len(earlier)} topics of earlier demo runs")
+    topics.delete_topics(conf, earlier)
     made = DemoTopics.for_run(opts.topic_prefix, run_id)
     topics.create_topics(conf, made.names())
     say(f"[3/5] topics: {made.input} -> {made.alerts}, {made.dead_letters}")
+    if earlier:
+        say(f"      (removed the {len(earlier)} topics of earlier demo runs)")
     return made
 
 
@@ -153,14 +154,17 @@ def _worker(opts: DemoOptions, made: DemoTopics, run_id: str, say: Say) -> Worke
 
 
 class _Live:
-    """The once-a-second line: what was sent, and what the worker's /metrics says."""
+    """The once-a-second line: what was sent, and what the worker's /metrics says.
+
+    Records/s is measured over the last ``SPEED_WINDOW_S`` seconds: the worker consumes
+    in fetches and batches, so one-second deltas jump around the true rate.
+    """
 
     def __init__(self, worker: WorkerThread, metrics_url: str) -> None:
         self.worker = worker
         self.url = metrics_url
         self.line = LiveLine()
-        self.before: WorkerSnapshot | None = None
-        self.before_t = 0.0
+        self.history: deque[tuple[float, WorkerSnapshot]] = deque()
         self.last: WorkerSnapshot | None = None
 
     def tick(self, sent: int, elapsed: float) -> None:
@@ -168,11 +172,13 @@ class _Live:
             self.line.finish()
             raise DemoError(f"the worker stopped while the traffic ran: {self.worker.error}")
         now = scrape(self.url)
-        self.line.show(
-            status_text(elapsed, sent, now, self.before, elapsed - self.before_t), elapsed
-        )
+        while self.history and elapsed - self.history[0][0] > SPEED_WINDOW_S:
+            self.history.popleft()
+        before_t, before = self.history[0] if self.history else (0.0, None)
+        self.line.show(status_text(elapsed, sent, now, before, elapsed - before_t), elapsed)
         if now is not None:
-            self.before, self.before_t, self.last = now, elapsed, now
+            self.history.append((elapsed, now))
+            self.last = now
 
     def drain(self, total: int, started: float, timeout: float = DRAIN_TIMEOUT_S) -> bool:
         """Keep the line going until the worker has consumed all ``total`` records."""

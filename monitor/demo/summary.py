@@ -94,7 +94,7 @@ class DemoSummary:
             f"  dead letters                        {self.dead_letters:5d}   "
             f"({self.malformed_sent} malformed records sent)",
             "",
-            "  by corruption        sent  flagged          harmful flagged",
+            "  by corruption          sent  flagged          harmful flagged",
         ]
         kinds = sorted(self.by_kind, key=lambda k: (k != CLEAN, k))
         for kind in kinds:
@@ -102,7 +102,7 @@ class DemoSummary:
             harm = self.harmful_by_kind.get(kind)
             harm_text = f"{harm.flagged:4d} / {harm.sent:<4d} ({harm.rate:6.1%})" if harm else ""
             row = (
-                f"  {kind:18s} {count.sent:6d} {count.flagged:6d} ({count.rate:6.1%})   {harm_text}"
+                f"  {kind:20s} {count.sent:6d} {count.flagged:6d} ({count.rate:6.1%})   {harm_text}"
             )
             out.append(row.rstrip())
         if self.neither.sent:
