@@ -595,3 +595,16 @@ def test_header_caches_stay_bounded_under_hostile_headers() -> None:
     assert len(h._FIELD_CACHE) <= h._CACHE_MAX
     assert len(h._LABEL_CACHE) <= h._CACHE_MAX
     assert h.decoder_facts([("ce_namespace", b"ns-1")]) == (ModelLabels(None, None, "ns-1"), False)
+
+
+def test_a_nested_output_cannot_lend_its_brackets_to_a_flat_instance() -> None:
+    # Shape (3, 1) with 3 classes: flat instance + nested output have the right bracket
+    # count and the skeleton [[],[],[]] is in the message, but it is the output's.
+    spec = InputSpec((3, 1), 3)
+    swapped = b'{"instance": [1, 2, 3], "output": [[0.1], [0.2], [0.7]]}'
+    good = b'{"output": [0.1, 0.2, 0.7], "instance": [[1], [2], [3]]}'
+    batch = RecordDecoder(spec).decode([msg(swapped), msg(good)])
+    assert [(d.index, d.reason) for d in batch.dead] == [(0, Reason.SHAPE)]
+    np.testing.assert_array_equal(batch.X, [[[1.0], [2.0], [3.0]]])
+    assert batch.outputs is not None
+    np.testing.assert_array_equal(batch.outputs, np.float32([[0.1, 0.2, 0.7]]))

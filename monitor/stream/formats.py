@@ -292,8 +292,19 @@ _LABEL_KEYS = frozenset({"model_name", "model_version", "namespace"})
 
 
 def json_rows(doc: Any, keys: list[str], raw: bytes, plan: JsonPlan) -> Rows:
-    """``{"instance": [...], "output": [...]?, ...}``: one row. (The decoder has an
-    inlined fast path for the commonest case; this is the general one.)"""
+    """``{"instance": [...], "output": [...]?, ...}``: one row (the general path).
+
+    The nesting is proved from the raw text, without looking at the numbers. The
+    decoder's inlined fast path uses two whole-message proofs:
+    - flat instance (and output): the message holds no other ``[``;
+    - nested instance: with numbers and spaces deleted, the message holds exactly as many
+      ``[`` as the instance's skeleton (plus one for a flat output), the skeleton is
+      there, and the instance's first element is an array. The skeleton can then only be
+      the instance's own: inside a string it would need as many brackets again, and
+      anywhere else (inside the instance too) the instance's brackets would come on top.
+    Here, ``numbers`` reads the nesting at the key's position (``array_start``), and
+    failing that compares the minified array's skeleton.
+    """
     if "instance" not in keys:
         reject(Reason.SCHEMA, 'no "instance" field')
     out = doc["output"] if "output" in keys else None

@@ -19,6 +19,7 @@ import simdjson
 
 from monitor.errors import DecodeError
 from monitor.stream.formats import (
+    NUMBER_AND_SPACE,
     InputSpec,
     JsonPlan,
     Reason,
@@ -134,8 +135,7 @@ class RecordDecoder:
 
     # -- one message -----------------------------------------------------------------
     def _rows(self, raw: bytes | None) -> Rows | None:
-        """Rows of one message body; None when the body is a response. (The hot path:
-        calls are kept few on purpose.)"""
+        """Rows of one message body (the general path); None when it is a response."""
         if not raw:
             reject(Reason.EMPTY, "no value" if raw is None else "empty value")
         if len(raw) > self._max_bytes:
@@ -185,6 +185,7 @@ class RecordDecoder:
         hot = self.fmt in (RecordFormat.JSON, RecordFormat.AUTO)
         flat, shape0, n_classes, size = plan.flat, plan.shape0, plan.n_classes, plan.size
         expected, max_bytes = skeleton(plan.shape), self._max_bytes
+        brackets, unit_rows = expected.count(b"["), plan.shape[-1] == 1
         doc: Any = None
         inst: Any = None
         out: Any = None
@@ -202,11 +203,10 @@ class RecordDecoder:
                 dead.append(DeadLetter(index, *_failure(exc)))
                 continue
             # The common case, inlined (a method call per message cost ~8%): a json
-            # record. Its nesting is proved from the raw text: for a flat instance by there
-            # being no other "[" in the message, else at the keys' positions
-            # (formats.array_start). Anything else, or odd, takes the general path, which
-            # also says what is wrong. The parser's proxies must be dropped before the
-            # next parse, hence the ``= None``.
+            # record whose nesting the raw text proves without looking at the numbers
+            # (the proofs are explained in formats.json_rows). Anything else, or odd,
+            # takes the general path, which also says what is wrong. The parser's proxies
+            # must be dropped before the next parse, hence the ``= None``.
             if hot:
                 x = y = None
                 try:
@@ -240,14 +240,20 @@ class RecordDecoder:
                                         )
                                     ):
                                         x = inst.as_buffer(of_type="d")
-                                elif (
-                                    (start := array_start(raw, b'"instance"')) >= 0
-                                    and skeleton_at(raw, start, expected)
-                                    and (not has_out or flat_value(raw, b'"output"'))
-                                ):
-                                    x = inst.as_buffer(of_type="d")
-                                    if count_of(x) != size:  # [] and [5] share a skeleton
-                                        x = None
+                                elif type(inst[0]) is Array:
+                                    bare = raw.translate(None, NUMBER_AND_SPACE)
+                                    if (
+                                        bare.count(b"[") == brackets + has_out
+                                        and bare.startswith(expected, bare.find(b"[["))
+                                    ) or (
+                                        (start := array_start(raw, b'"instance"')) >= 0
+                                        and skeleton_at(raw, start, expected)
+                                        and (not has_out or flat_value(raw, b'"output"'))
+                                    ):
+                                        x = inst.as_buffer(of_type="d")
+                                        # [] and [5] share a skeleton, [,] and [1,2] don't
+                                        if unit_rows and count_of(x) != size:
+                                            x = None
                                 if x is not None and has_out:
                                     y = out.as_buffer(of_type="d")
                 except Exception:
