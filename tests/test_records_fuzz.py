@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from confluent_kafka import Message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from poison_corpus import good_record
@@ -287,3 +287,111 @@ def test_a_value_beyond_float32_dead_letters_exactly_its_message(
     batch = RecordDecoder(spec, RecordFormat.AUTO).decode([msg(v) for v in values])
     assert [(d.index, d.reason) for d in batch.dead] == [(1, Reason.NON_FINITE)]
     assert batch.row_message.tolist() == [0, 2]
+
+
+# -- the nesting proofs against a reference ---------------------------------------------
+
+
+def _regular(value: Any, shape: tuple[int, ...]) -> bool:
+    """Reference: nested lists of exactly ``shape`` holding only (non-bool) numbers."""
+    if not shape:
+        return type(value) in (int, float)
+    return (
+        isinstance(value, list)
+        and len(value) == shape[0]
+        and all(_regular(v, shape[1:]) for v in value)
+    )
+
+
+def _leaf_lists(value: Any) -> list[list[Any]]:
+    """Every list in a nested list, outermost first."""
+    found = [value]
+    for v in value:
+        if isinstance(v, list):
+            found += _leaf_lists(v)
+    return found
+
+
+@st.composite
+def nested_numbers(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
+    """A regular nested list of ``shape``, then maybe a few structural mutations."""
+    flat = draw(
+        st.lists(
+            st.integers(-9, 9) | finite32,
+            min_size=int(np.prod(shape)),
+            max_size=int(np.prod(shape)),
+        )
+    )
+    value: Any = np.asarray(flat, dtype=object).reshape(shape).tolist()
+    for _ in range(draw(st.integers(0, 2))):
+        lists = _leaf_lists(value)
+        target = draw(st.sampled_from(lists))
+        op = draw(st.sampled_from(["wrap", "move", "empty", "merge", "append_list"]))
+        if op == "wrap" and target:
+            i = draw(st.integers(0, len(target) - 1))
+            target[i] = [target[i]]
+        elif op == "move" and target:
+            other = draw(st.sampled_from(lists))
+            other.append(target.pop())
+        elif op == "empty" and target:
+            target[draw(st.integers(0, len(target) - 1))] = []
+        elif op == "merge" and len(target) >= 2:
+            a = target.pop()
+            target[-1] = [target[-1], a] if not isinstance(target[-1], list) else [*target[-1], a]
+        elif op == "append_list":
+            target.append([])
+    return value
+
+
+noise = st.sampled_from(
+    [
+        {},
+        {"tags": ["a", [1]]},
+        {"note": "[[ ]] ,"},
+        {"note": 'q"\\'},
+        {"ctx": {"instance": [1]}},
+        {"tag": "instance"},
+        {"m": [[1, 2], [3]]},
+        {"note": "[[,],[,]]"},
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.data(),
+    shape=st.sampled_from([(4,), (1,), (2, 3), (3, 1), (1, 3), (2, 2, 2), (2, 1, 2)]),
+    n_classes=st.sampled_from([1, 2, 3]),
+    with_output=st.booleans(),
+    extra=noise,
+    instance_first=st.booleans(),
+    indent=st.sampled_from([None, 1]),
+)
+def test_nesting_proofs_agree_with_a_reference(
+    data: st.DataObject,
+    shape: tuple[int, ...],
+    n_classes: int,
+    with_output: bool,
+    extra: dict[str, Any],
+    instance_first: bool,
+    indent: int | None,
+) -> None:
+    spec = InputSpec(shape, n_classes)
+    instance = data.draw(nested_numbers(shape))
+    body: dict[str, Any] = {"instance": instance} if instance_first else {}
+    body.update(extra)
+    output = data.draw(nested_numbers((n_classes,))) if with_output else None
+    if with_output:
+        body["output"] = output
+    if not instance_first:
+        body["instance"] = instance
+    raw = json.dumps(body, indent=indent).encode()
+    accept = _regular(instance, shape) and (output is None or _regular(output, (n_classes,)))
+    event("regular" if accept else "irregular")
+    for fmt in (RecordFormat.JSON, RecordFormat.AUTO):
+        batch = RecordDecoder(spec, fmt).decode([msg(raw)])
+        if accept:
+            assert batch.dead == [], (raw, batch.dead)
+            np.testing.assert_array_equal(batch.X, np.asarray([instance], dtype=np.float32))
+        else:
+            assert [(d.index, d.reason) for d in batch.dead] == [(0, Reason.SHAPE)], raw

@@ -227,23 +227,21 @@ def numbers(
             Reason.SHAPE, f"{what} has {len(value)} elements, expected {shape[0]} (shape {shape})"
         )
     buffer = as_float64(value, what)
+    size = math.prod(shape)
+    expected = skeleton(shape) if cached else rows_skeleton(shape)
+    start = -1 if raw is None else array_start(raw, key)
+    if raw is not None and start >= 0:
+        regular = flat_at(raw, start) if len(shape) == 1 else skeleton_at(raw, start, expected)
+        # A regular skeleton fixes the count, except that [] looks like [5].
+        if regular and (shape[-1] > 1 or count_of(buffer) == size):
+            return buffer
     n = count_of(buffer)
-    if n != math.prod(shape):
-        reject(
-            Reason.SHAPE, f"{what} holds {n} numbers, expected {math.prod(shape)} (shape {shape})"
-        )
-    start = array_start(raw, key) if raw is not None else -1
-    if start >= 0 and len(shape) == 1:
-        regular = flat_at(raw, start)  # type: ignore[arg-type]
-    else:
-        expected = skeleton(shape) if cached else rows_skeleton(shape)
-        if start >= 0:
-            regular = skeleton_at(raw, start, expected)  # type: ignore[arg-type]
-        else:  # the stub says str; pysimdjson 7 returns bytes
-            regular = cast(bytes, value.mini).translate(None, NUMBER_CHARS) == expected
-    if not regular:
-        reject(Reason.SHAPE, f"{what} is ragged or nested differently from shape {shape}")
-    return buffer
+    if n != size:
+        reject(Reason.SHAPE, f"{what} holds {n} numbers, expected {size} (shape {shape})")
+    # The stub says mini is str; pysimdjson 7 returns bytes.
+    if start < 0 and cast(bytes, value.mini).translate(None, NUMBER_CHARS) == expected:
+        return buffer
+    reject(Reason.SHAPE, f"{what} is ragged or nested differently from shape {shape}")
 
 
 def tensor_numbers(
@@ -254,19 +252,27 @@ def tensor_numbers(
         reject(Reason.SCHEMA, f"{what} must be an array, got {kind_of(value)}")
     total = math.prod(declared)
     buffer = as_float64(value, what)
+    start = -1 if raw is None else array_start(raw, key)
+    if raw is not None and start >= 0:
+        if flat_at(raw, start):
+            if len(value) == total:
+                return buffer
+        elif (
+            declared
+            and skeleton_at(raw, start, rows_skeleton(declared))
+            and (declared[-1] > 1 or count_of(buffer) == total)
+        ):
+            return buffer
     n = count_of(buffer)
     if n != total:
         reject(Reason.SHAPE, f"{what} holds {n} numbers, its shape {list(declared)} needs {total}")
-    start = array_start(raw, key) if raw is not None else -1
-    if start >= 0:
-        regular = flat_at(raw, start) or skeleton_at(raw, start, rows_skeleton(declared))  # type: ignore[arg-type]
-    else:
+    if start < 0:
         sk = cast(bytes, value.mini).translate(None, NUMBER_CHARS)
-        flat = len(sk) == n + 1 and sk.count(b",") == n - 1 and len(value) == n
-        regular = flat or sk == rows_skeleton(declared)
-    if not regular:
-        reject(Reason.SHAPE, f"{what} is neither flat nor nested as its shape {list(declared)}")
-    return buffer
+        if (len(sk) == n + 1 and sk.count(b",") == n - 1 and len(value) == n) or (
+            declared and sk == rows_skeleton(declared)
+        ):
+            return buffer
+    reject(Reason.SHAPE, f"{what} is neither flat nor nested as its shape {list(declared)}")
 
 
 def body_labels(doc: Any, keys: list[str]) -> ModelLabels | None:
@@ -365,15 +371,21 @@ def rows_in(declared: tuple[int, ...], feature: tuple[int, ...], what: str) -> i
     ``[n, *feature]`` is n rows; a tensor shaped like one row (no batch dimension) is one
     row; size-1 dimensions are ignored on both sides, as they don't change the layout.
     """
-    if declared and squeeze(declared[1:]) == squeeze(feature):
-        n = declared[0]
-    elif squeeze(declared) == squeeze(feature):
-        n = 1
-    else:
+    n = _rows_in(declared, feature)
+    if n < 0:
         reject(Reason.SHAPE, f"{what} has shape {list(declared)}, rows must be {list(feature)}")
-    if n < 1:
+    if n == 0:
         reject(Reason.SHAPE, f"{what} has no rows")
     return n
+
+
+@lru_cache(maxsize=256)
+def _rows_in(declared: tuple[int, ...], feature: tuple[int, ...]) -> int:
+    if declared and squeeze(declared[1:]) == squeeze(feature):
+        return declared[0]
+    if squeeze(declared) == squeeze(feature):
+        return 1
+    return -1
 
 
 def _fits(declared: tuple[int, ...], feature: tuple[int, ...]) -> bool:
