@@ -19,9 +19,14 @@ from monitor.errors import DemoError
 TIMEOUT_S = 30.0
 
 
+def _admin(conf: dict[str, Any]) -> AdminClient:
+    # librdkafka logs an info line when an admin client is freed with events unread.
+    return AdminClient({"log_level": 4, **conf})
+
+
 def _cluster(conf: dict[str, Any], timeout: float = 10.0) -> Any:
     try:
-        return AdminClient(conf).list_topics(timeout=timeout)
+        return _admin(conf).list_topics(timeout=timeout)
     except KafkaException as exc:
         raise DemoError(
             f"cannot reach Kafka at {conf.get('bootstrap.servers')}: {exc.args[0]}"
@@ -57,7 +62,7 @@ def create_topics(
     new = [
         NewTopic(n, num_partitions=partitions, replication_factor=min(3, brokers)) for n in names
     ]
-    admin = AdminClient(conf)  # must outlive the futures
+    admin = _admin(conf)  # must outlive the futures
     for name, future in admin.create_topics(new, operation_timeout=timeout).items():
         try:
             future.result(timeout=timeout)
@@ -71,7 +76,7 @@ def delete_topics(conf: dict[str, Any], names: Sequence[str], timeout: float = T
     """Delete ``names``; ones already gone are fine."""
     if not names:
         return
-    admin = AdminClient(conf)  # must outlive the futures
+    admin = _admin(conf)  # must outlive the futures
     for name, future in admin.delete_topics(list(names), operation_timeout=timeout).items():
         try:
             future.result(timeout=timeout)
