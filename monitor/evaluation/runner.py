@@ -297,6 +297,9 @@ def prepare(args: argparse.Namespace) -> Setup:
         pgd_steps=5 if quick else 10,
     )
     plans = seed_plans(args, seeds, data is not None)
+    if data is None:
+        splits = ", ".join(dict.fromkeys(str(p.digits_seed) for p in plans))
+        description += f", split seed {splits}"
     return Setup(options, seeds, plans, data, user_sets, notes, description)
 
 
