@@ -556,6 +556,9 @@ def test_identity_never_raises_on_odd_bodies(value: bytes | None) -> None:
         {"shape": (3,), "n_classes": 0},
         {"shape": (3,), "n_classes": 2, "max_message_bytes": 0},
         {"shape": (True,), "n_classes": 2},
+        {"shape": (None, 3), "n_classes": 2},
+        {"shape": (2.0,), "n_classes": 2},
+        {"shape": (3,), "n_classes": 2.5},
     ],
 )
 def test_invalid_input_spec_is_a_config_error(kwargs: dict[str, Any]) -> None:
@@ -563,9 +566,12 @@ def test_invalid_input_spec_is_a_config_error(kwargs: dict[str, Any]) -> None:
         InputSpec(**kwargs)
 
 
-def test_input_spec_accepts_a_list_shape() -> None:
+def test_input_spec_accepts_a_list_shape_and_numpy_integers() -> None:
     spec = InputSpec([8, 8], 10)  # type: ignore[arg-type]
     assert spec.shape == (8, 8) and spec.size == 64
+    from_model = InputSpec((np.int64(8), np.int32(8)), np.int64(10))  # type: ignore[arg-type]
+    assert from_model == spec and hash(from_model) == hash(spec)
+    assert type(from_model.shape[0]) is int and type(from_model.n_classes) is int
 
 
 def test_a_stuck_parser_is_replaced_and_decoding_goes_on() -> None:

@@ -14,14 +14,20 @@ Choices (tested in tests/test_records.py):
 - NaN, Infinity and numbers beyond the double range (``1e999``) anywhere in a message are
   ``non_finite``: they aren't JSON, and values beyond float32's range in an instance are
   ``non_finite`` too (checked once per batch, in ``records``).
+- Integers beyond 64 bits are ``dtype`` (simdjson refuses them); ``\\ud800``-style lone
+  surrogates are ``invalid_json`` (they aren't text); a UTF-8 byte order mark is
+  accepted, as simdjson does and RFC 8259 allows.
 - ``"output": null`` means no output; a v2/v1 output that doesn't have the classifier's
   shape (e.g. class ids) is ignored, one that does must be valid.
+- A v2 body with ``outputs`` but no ``inputs``, or a v1 body with only ``predictions``,
+  is a response logged on its own: ignored, like a response event in the headers.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -82,23 +88,36 @@ class InputSpec:
     max_message_bytes: int = 1_048_576
 
     def __post_init__(self) -> None:
-        shape = tuple(self.shape)
+        shape = tuple(_integer(d, "input shape") for d in self.shape)
         if not shape or len(shape) > MAX_DIMS:
             raise ConfigError(f"input shape must have 1 to {MAX_DIMS} dimensions, got {shape}")
-        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        if min(shape) < 1:
             raise ConfigError(f"input shape must be positive integers, got {shape}")
-        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int):
-            raise ConfigError(f"n_classes must be an integer, got {self.n_classes!r}")
-        if self.n_classes < 1:
-            raise ConfigError(f"n_classes must be at least 1, got {self.n_classes}")
-        if self.max_message_bytes < 1:
-            raise ConfigError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
+        n_classes = _integer(self.n_classes, "n_classes")
+        if n_classes < 1:
+            raise ConfigError(f"n_classes must be at least 1, got {n_classes}")
+        max_bytes = _integer(self.max_message_bytes, "max_message_bytes")
+        if max_bytes < 1:
+            raise ConfigError(f"max_message_bytes must be positive, got {max_bytes}")
+        # Plain ints, so a shape read from a model (numpy ints) compares and hashes alike.
         object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "n_classes", n_classes)
+        object.__setattr__(self, "max_message_bytes", max_bytes)
 
     @property
     def size(self) -> int:
         """Numbers in one instance."""
         return math.prod(self.shape)
+
+
+def _integer(value: object, what: str) -> int:
+    """An int from anything integer-like (numpy ints too), never from bool, None or float."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be integers, got {value!r}")
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ConfigError(f"{what} must be integers, got {value!r}") from None
 
 
 #: One message's rows: (row count, float64 instance buffer, float64 output buffer or None,
