@@ -614,3 +614,30 @@ def test_a_nested_output_cannot_lend_its_brackets_to_a_flat_instance() -> None:
     np.testing.assert_array_equal(batch.X, [[[1.0], [2.0], [3.0]]])
     assert batch.outputs is not None
     np.testing.assert_array_equal(batch.outputs, np.float32([[0.1, 0.2, 0.7]]))
+
+
+def test_a_wrongly_sized_decode_dead_letters_its_message_not_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import monitor.stream.records as records
+
+    real = records.json_rows
+
+    def buggy(doc: Any, keys: list[str], raw: bytes, plan: Any) -> Any:
+        n, x, y, labels = real(doc, keys, raw, plan)
+        if b"buggy" in raw:
+            return n, b"\0" * 8, y, labels  # one number instead of 64
+        return n, x, y, labels
+
+    monkeypatch.setattr(records, "json_rows", buggy)
+    messages = [
+        msg(good_record(FLAT, 0, model_name="m")),  # labels in the body: the general path
+        msg(good_record(FLAT, 1, model_name="buggy")),
+        msg(good_record(FLAT, 2, output=True, model_name="m")),
+    ]
+    batch = RecordDecoder(FLAT).decode(messages)
+    assert [(d.index, d.reason) for d in batch.dead] == [(1, Reason.DECODER_ERROR)]
+    np.testing.assert_array_equal(
+        batch.X, np.stack([good_instance(FLAT, 0), good_instance(FLAT, 2)])
+    )
+    assert batch.has_output.tolist() == [False, True]

@@ -185,7 +185,9 @@ def as_float64(value: Any, what: str) -> Any:
 
 
 def count_of(buffer: Any) -> int:
-    return memoryview(buffer).nbytes // 8
+    """Numbers in a float64 buffer (pysimdjson's ArrayBuffer knows its byte size)."""
+    size = getattr(buffer, "size", None)
+    return (size if isinstance(size, int) else memoryview(buffer).nbytes) // 8
 
 
 def array_start(raw: bytes, key: bytes) -> int:

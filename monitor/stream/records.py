@@ -293,9 +293,15 @@ class RecordDecoder:
         xs = [rows[1] for rows in found]
         ys = [rows[2] for rows in found]
         n_rows = sum(counts)
-        flat = np.frombuffer(b"".join(xs), dtype=np.float64)
-        if flat.size != n_rows * spec.size:  # the format checks make this impossible
-            raise RuntimeError(f"decoded {flat.size} numbers for {n_rows} rows")
+        joined = b"".join(xs)
+        outputs = self._outputs(ys, counts, n_rows)
+        if len(joined) != n_rows * spec.size * 8 or outputs is None:
+            # The format checks make this impossible; should a bug slip through, its
+            # messages are dead-lettered rather than the batch failing.
+            found, sources = self._drop_misfits(found, sources, dead)
+            return self._assemble(found, sources, dead, ignored, labels)
+        has_output, Y = outputs
+        flat = np.frombuffer(joined, dtype=np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             X = flat.astype(np.float32).reshape(n_rows, spec.size)
         if len(counts) == n_rows:
@@ -305,7 +311,6 @@ class RecordDecoder:
             row_message = np.repeat(np.asarray(sources, dtype=np.int64), counts)
             starts = np.cumsum(counts) - np.asarray(counts)
             row_in = (np.arange(n_rows) - np.repeat(starts, counts)).astype(np.int32)
-        has_output, Y = self._outputs(ys, counts, n_rows)
 
         ok = np.isfinite(X).all(axis=1)
         out_ok = np.isfinite(Y).all(axis=1) | ~has_output
@@ -336,11 +341,35 @@ class RecordDecoder:
             model_labels=labels,
         )
 
-    def _outputs(self, ys: list[Any], counts: list[int], n_rows: int) -> tuple[np.ndarray, Any]:
-        """(which rows carry an output, float32 outputs with zeros where absent)."""
+    def _drop_misfits(
+        self, found: list[Rows], sources: list[int], dead: list[DeadLetter]
+    ) -> tuple[list[Rows], list[int]]:
+        size, n_classes = self.spec.size, self.spec.n_classes
+        kept: list[Rows] = []
+        kept_sources: list[int] = []
+        for rows, index in zip(found, sources, strict=True):
+            n, x, y, _ = rows
+            if count_of(x) != n * size or (y is not None and count_of(y) != n * n_classes):
+                dead.append(DeadLetter(index, Reason.DECODER_ERROR, "decoded the wrong count"))
+            else:
+                kept.append(rows)
+                kept_sources.append(index)
+        dead.sort(key=lambda d: d.index)
+        return kept, kept_sources
+
+    def _outputs(
+        self, ys: list[Any], counts: list[int], n_rows: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(which rows carry an output, float32 outputs with zeros where absent); None if
+        an output has the wrong size (a bug: see ``_assemble``)."""
         n_classes = self.spec.n_classes
-        if all(y is not None for y in ys):
-            flat = np.frombuffer(b"".join(ys), dtype=np.float64)
+        if ys.count(None) == len(ys):
+            return np.zeros(n_rows, dtype=bool), np.zeros((n_rows, n_classes), np.float32)
+        if None not in ys:
+            joined = b"".join(ys)
+            if len(joined) != n_rows * n_classes * 8:
+                return None
+            flat = np.frombuffer(joined, dtype=np.float64)
             has_output = np.ones(n_rows, dtype=bool)
         else:
             flat = np.zeros(n_rows * n_classes, dtype=np.float64)
@@ -348,6 +377,8 @@ class RecordDecoder:
             start = 0
             for y, n in zip(ys, counts, strict=True):
                 if y is not None:
+                    if count_of(y) != n * n_classes:
+                        return None
                     flat[start * n_classes : (start + n) * n_classes] = np.frombuffer(y)
                     has_output[start : start + n] = True
                 start += n
