@@ -150,7 +150,7 @@ def _worker(opts: DemoOptions, made: DemoTopics, run_id: str, say: Say) -> Worke
     validate(config)
     if port != opts.metrics_port:
         say(f"      port {opts.metrics_port} is taken; the worker takes a free one")
-    return WorkerThread(config)
+    return WorkerThread(config, hint=f"its log: {opts.worker_log}")
 
 
 class _Live:
@@ -170,7 +170,10 @@ class _Live:
     def tick(self, sent: int, elapsed: float) -> None:
         if not self.worker.alive:
             self.line.finish()
-            raise DemoError(f"the worker stopped while the traffic ran: {self.worker.error}")
+            raise DemoError(
+                f"the worker stopped while the traffic ran: {self.worker.describe_error()}"
+                f"{self.worker.hint}"
+            )
         now = scrape(self.url)
         while self.history and elapsed - self.history[0][0] > SPEED_WINDOW_S:
             self.history.popleft()
@@ -223,7 +226,7 @@ def run_demo(opts: DemoOptions, say: Say = print) -> int:
         finally:
             worker.stop()
     if worker.error is not None:
-        raise DemoError(f"the worker failed: {type(worker.error).__name__}: {worker.error}")
+        raise DemoError(f"the worker failed: {worker.describe_error()}{worker.hint}")
     summary = DemoSummary.tally(
         sent, topics.read_all(conf, made.alerts), len(topics.read_all(conf, made.dead_letters))
     )

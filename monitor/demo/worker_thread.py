@@ -32,8 +32,9 @@ def port_or_any(host: str, port: int) -> int:
 class WorkerThread:
     """Runs ``Worker(config).run()`` in a daemon thread."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, hint: str = "") -> None:
         self.config = config
+        self.hint = f" ({hint})" if hint else ""
         self.worker = Worker(config, handle_signals=False)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="demo-worker", daemon=True)
@@ -43,6 +44,9 @@ class WorkerThread:
             self.worker.run()
         except BaseException as exc:  # kept for the demo to report; the thread must not raise
             self.error = exc
+
+    def describe_error(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}" if self.error else "no error"
 
     @property
     def summary(self) -> RunSummary:
@@ -54,9 +58,9 @@ class WorkerThread:
 
     def _check(self) -> None:
         if self.error is not None:
-            raise DemoError(f"the worker failed: {type(self.error).__name__}: {self.error}")
+            raise DemoError(f"the worker failed: {self.describe_error()}{self.hint}")
         if not self.alive:
-            raise DemoError("the worker stopped unexpectedly")
+            raise DemoError(f"the worker stopped unexpectedly{self.hint}")
 
     def start(self, timeout: float = 120.0) -> str:
         """Start the worker and wait until it is ready (partitions assigned); return the
@@ -82,7 +86,7 @@ class WorkerThread:
         if self._thread.ident is not None:  # started
             self._thread.join(timeout)
         if self._thread.is_alive():
-            raise DemoError(f"the worker did not stop within {timeout:g}s")
+            raise DemoError(f"the worker did not stop within {timeout:g}s{self.hint}")
 
 
 def _answers_ok(url: str) -> bool:
