@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from monitor import load_detector
 pytestmark = [pytest.mark.kafka, pytest.mark.prometheus]
 
 P = "distillation_monitor_"
+ROOT = Path(__file__).resolve().parents[1]
 # Malformed records and the dead-letter reason each must be counted under.
 MALFORMED: list[tuple[bytes, bytes, str]] = [
     (b"bad-json-1", b"{not json", "invalid_json"),
@@ -96,6 +99,7 @@ def test_prometheus_sees_the_workers_real_counts_and_every_query_is_valid_with_d
         running_prometheus(tmp_path / "prom", [f"127.0.0.1:{worker.metrics_port}"]) as prom,
     ):
         prom.wait_for_samples(count=3, timeout=30)
+        started = time.time()
         for k, wave in enumerate(waves):
             extra = bad if k == 1 else response if k == 2 else []
             produce_messages(kafka_bootstrap, inp, [good[i] for i in wave] + extra)
@@ -138,6 +142,9 @@ def test_prometheus_sees_the_workers_real_counts_and_every_query_is_valid_with_d
         _assert_dashboard_queries_have_data(prom)
         _assert_rules_are_valid_and_healthy(prom)
         _assert_dead_letter_alert_fires_per_reason(prom, set(want_dead))
+        _assert_snapshot_renders_the_same_counts(
+            prom, tmp_path, started, f"{n_messages} consumed, {n_flagged} flagged, {len(bad)} dead"
+        )
 
 
 def _le(bound: float) -> str:
@@ -222,3 +229,30 @@ def _assert_dead_letter_alert_fires_per_reason(prom: Prometheus, reasons: set[st
             break
         time.sleep(0.5)
     assert firing == reasons
+
+
+def _assert_snapshot_renders_the_same_counts(
+    prom: Prometheus, tmp_path: Path, since: float, counts: str
+) -> None:
+    """deploy/grafana/render_snapshot.py draws the dashboard from this Prometheus."""
+    out = tmp_path / "dashboard.png"
+    script = ROOT / "deploy" / "grafana" / "render_snapshot.py"
+    args = [
+        prom.url,
+        "--out",
+        str(out),
+        "--start",
+        f"{since - 1:.3f}",
+        "--end",
+        f"{time.time():.3f}",
+    ]
+    r = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert counts in r.stdout, r.stdout
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
