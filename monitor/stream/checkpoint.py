@@ -176,7 +176,20 @@ class AtLeastOnceCheckpoint:
 
 
 class TransactionalCheckpoint:
-    """One Kafka transaction per batch: outputs and input offsets commit together."""
+    """One Kafka transaction per batch: outputs and input offsets commit together.
+
+    ``commit`` runs these steps:
+
+    1. if the producer refused a message of this batch, or a partition of the batch was
+       revoked meanwhile (its new owner re-processes it), abort instead;
+    2. send the input offsets to the transaction with the group's current metadata, so
+       a zombie from an older generation cannot commit them;
+    3. commit the transaction; this flushes and fails if any message was not delivered.
+
+    A retriable failure repeats only the step that failed (with backoff, serving the
+    group); one that requires an abort aborts and rewinds the batch for re-processing; a
+    fatal one (fenced by an instance with our transactional id) raises ``FencedError``.
+    """
 
     exactly_once = True
 
@@ -193,31 +206,57 @@ class TransactionalCheckpoint:
         self.timeout = timeout
         self.backoff = Backoff()
         self._open = False
+        self._refused: KafkaError | None = None
 
     def init(self) -> None:
         """Register the transactional id, fencing any older instance with the same id."""
         self._call(lambda: self.publisher.producer.init_transactions(self.timeout), "init")
 
     def begin(self, offsets: BatchOffsets) -> None:
-        self.publisher.producer.begin_transaction()
+        self._refused = None
+        try:
+            self.publisher.producer.begin_transaction()
+        except KafkaException as exc:
+            _raise_if_fatal(exc, "begin")
+            # The previous abort did not finish (broker away): finish it, then begin.
+            self._open = True
+            self.abort(None)
+            self.publisher.producer.begin_transaction()
         self._open = True
 
     def publish(self, out: Outgoing) -> None:
-        self.publisher.produce(out)
+        """Produce into the open transaction; once refused, the batch can only abort."""
+        if self._refused is not None:
+            return
+        try:
+            self.publisher.produce(out)
+        except KafkaException as exc:
+            _raise_if_fatal(exc, "produce")
+            self._refused = _error_of(exc)
+            log.warning(
+                "producer refused a message (%s); the transaction will be aborted",
+                describe(self._refused),
+            )
 
     def commit(self, offsets: BatchOffsets) -> bool:
         producer = self.publisher.producer
-        try:
-            # Step 1: the input offsets join the transaction, with the group's generation,
-            # so a zombie from an older generation cannot commit them.
-            producer.send_offsets_to_transaction(
+        # Step 1: a batch that cannot commit whole is aborted and processed again.
+        if self._refused is not None:
+            return self._abort_batch(self._refused, offsets)
+        if not all(self.host.is_assigned(tp) for tp in offsets.next):
+            return self._abort_batch("partitions revoked during the batch", offsets)
+        # Step 2: the input offsets join the transaction.
+        err = self._retrying(
+            lambda: producer.send_offsets_to_transaction(
                 offsets.commit_list(), self.host.consumer.consumer_group_metadata(), self.timeout
-            )
-            # Step 2: commit; this flushes and fails if any message was not delivered.
-            producer.commit_transaction(self.timeout)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            return self._recover(err, offsets)
+            ),
+            "send offsets",
+        )
+        # Step 3: commit outputs and offsets together.
+        if err is None:
+            err = self._retrying(lambda: producer.commit_transaction(self.timeout), "commit")
+        if err is not None:
+            return self._abort_batch(err, offsets)
         self._open = False
         self.publisher.take_failures_after_commit()
         self.metrics.transaction("committed")
@@ -226,33 +265,49 @@ class TransactionalCheckpoint:
         return True
 
     def abort(self, offsets: BatchOffsets | None) -> None:
-        """Abort an open transaction (shutdown mid-batch); the batch is re-processed later."""
+        """Abort the open transaction; with ``offsets``, rewind so the batch is re-processed."""
         if not self._open:
             return
-        try:
-            self.publisher.producer.abort_transaction(self.timeout)
-        except KafkaException as exc:
-            log.warning("abort failed: %s", describe(exc.args[0] if exc.args else exc))
-        self._open = False
+        err = self._retrying(
+            lambda: self.publisher.producer.abort_transaction(self.timeout), "abort"
+        )
+        if err is not None:
+            log.warning("abort failed: %s", describe(err))
+        else:
+            self._open = False
+        self.publisher.take_failures_after_commit()
+        self.publisher.take_delivered()  # acknowledged, but aborted: not published
         self.metrics.transaction("aborted")
         if offsets is not None:
             self.host.rewind(offsets)
 
-    def _recover(self, err: KafkaError | None, offsets: BatchOffsets) -> bool:
-        text = describe(err)
-        if err is not None and err.fatal():
-            self._open = False
-            raise FencedError(f"transactional producer fenced or failed fatally: {text}")
+    def _abort_batch(self, why: KafkaError | str, offsets: BatchOffsets) -> bool:
         self.metrics.commit_failed()
-        if err is not None and err.retriable() and not err.txn_requires_abort():
-            log.warning("transaction commit retriable error (%s); retrying", text)
-            self.host.serve_group(self.backoff.next_delay())
-            return self.commit(offsets)
-        log.warning("transaction aborted (%s); the batch will be processed again", text)
+        log.warning("transaction aborted (%s); the batch will be processed again", describe(why))
         self.abort(offsets)
-        self.publisher.take_failures_after_commit()
         self.host.serve_group(self.backoff.next_delay())
         return False
+
+    def _retrying(self, step: Callable[[], None], what: str) -> KafkaError | None:
+        """Run ``step``, repeating it while it fails retriably; the error that ends it, or None.
+
+        Gives up on a retriable error only when shutdown's bound ran out.
+        """
+        backoff = Backoff()
+        while True:
+            try:
+                step()
+                return None
+            except KafkaException as exc:
+                _raise_if_fatal(exc, what)
+                err = _error_of(exc)
+                if err.txn_requires_abort() or not err.retriable():
+                    return err
+                if self.host.stopping_past_deadline():
+                    return err
+                delay = backoff.next_delay()
+                log.warning("transaction %s: %s; retrying in %.1fs", what, describe(err), delay)
+                self.host.serve_group(delay)
 
     def _call(self, fn: Callable[[], None], what: str) -> None:
         deadline = time.monotonic() + 5 * self.timeout
@@ -261,9 +316,22 @@ class TransactionalCheckpoint:
                 fn()
                 return
             except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                if err is not None and err.fatal():
-                    raise FencedError(f"transactions {what} failed: {describe(err)}") from None
-                if time.monotonic() > deadline or err is None or not err.retriable():
+                _raise_if_fatal(exc, what)
+                err = _error_of(exc)
+                if time.monotonic() > deadline or not err.retriable():
                     raise
                 time.sleep(self.backoff.next_delay())
+
+
+def _error_of(exc: KafkaException) -> KafkaError:
+    err = exc.args[0] if exc.args else None
+    return err if isinstance(err, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
+
+
+def _raise_if_fatal(exc: KafkaException, what: str) -> None:
+    """A fatal producer error (fenced by a newer instance, or broken) ends this worker."""
+    err = _error_of(exc)
+    if err.fatal():
+        raise FencedError(
+            f"transactional producer fenced or failed fatally during {what}: {describe(err)}"
+        ) from None

@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class Worker:
         self._reload = threading.Event()
         self._assigned: set[TP] = set()
         self._carry: list[Message] = []
+        self._dead_reasons: list[str] = []  # of the current batch; counted once it commits
         self._last_loop = time.monotonic()
         self._ready = False
         self._lag_total = 0
@@ -205,6 +207,7 @@ class Worker:
         """Decode, score, publish and commit one batch."""
         started = time.perf_counter()
         offsets = BatchOffsets.of(messages)
+        self._dead_reasons = []
         self.checkpoint.begin(offsets)
         decoded = self.decoder.decode(messages)
         for dead in decoded.dead:
@@ -273,8 +276,7 @@ class Worker:
         self.checkpoint.publish(
             Outgoing(self.config.dead_letter_topic, value, message.key(), headers, "dead_letter")
         )
-        self.metrics.records_dead_lettered(reason)
-        self.summary.dead_lettered += 1
+        self._dead_reasons.append(reason)
 
     def _account(self, messages: list[Message], decoded: Any, scores: Any, seconds: float) -> None:
         """Metrics and counters for a committed batch."""
@@ -287,6 +289,9 @@ class Worker:
         for _index, kind in decoded.ignored:
             m.records_ignored(kind)
         s.ignored += len(decoded.ignored)
+        for reason, count in Counter(self._dead_reasons).items():
+            m.records_dead_lettered(reason, count)
+        s.dead_lettered += len(self._dead_reasons)
         delivered = self.publisher.take_delivered()
         if delivered.get("alert"):
             m.alerts_published(delivered["alert"])

@@ -1,0 +1,464 @@
+"""Checking delivery promises by id, and the fault scenarios that put them to the test.
+
+Shared by ``tests/test_faults.py`` (small record counts) and ``bench/faults.py`` (larger):
+each scenario produces a known set of records, applies its faults to real worker
+processes and the real broker, then reads the alert topic as a ``read_committed``
+subscriber would and returns a ``FaultReport`` with the numbers by id.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from fixtures_kafka import Consumed, _detach
+from worker_harness import ROOT, committed_offsets, json_record, wait_until
+
+ALO = "at-least-once"
+EOS = "exactly-once"
+MODES = (ALO, EOS)
+
+
+# -- reading topics back -------------------------------------------------------------------
+def read_to_end(
+    bootstrap: str, topic: str, *, read_committed: bool = True, timeout: float = 60.0
+) -> list[Consumed]:
+    """Every record of ``topic`` up to its end as a fresh subscriber sees it.
+
+    With ``read_committed`` the end is the last stable offset: records of aborted
+    transactions are never returned, and those of still-open ones not yet.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        }
+    )
+    got: list[Consumed] = []
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        if meta.error is not None:
+            raise KafkaException(meta.error)
+        partitions = [TopicPartition(topic, p, -2) for p in sorted(meta.partitions)]
+        consumer.assign(partitions)
+        at_end: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(at_end) < len(partitions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{topic}: end not reached in {timeout}s ({len(got)} read)")
+            for msg in consumer.consume(num_messages=1000, timeout=0.2):
+                err = msg.error()
+                if err is None:
+                    got.append(_detach(msg))
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition() or 0)
+                else:
+                    raise KafkaException(err)
+    finally:
+        consumer.close()
+    return got
+
+
+def alert_ids(bootstrap: str, topic: str, read_committed: bool = True) -> Counter[str]:
+    """How many times each record id arrived on the alert topic."""
+    return Counter(
+        orjson.loads(m.value or b"{}")["id"]
+        for m in read_to_end(bootstrap, topic, read_committed=read_committed)
+    )
+
+
+# -- the records ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Traffic:
+    """Records with known ids, and the ids the detector flags offline."""
+
+    ids: list[str]
+    instances: np.ndarray
+    flagged: frozenset[str]
+
+    def records(self, start: int = 0, stop: int | None = None) -> list[tuple[bytes, bytes]]:
+        return [
+            (rid.encode(), json_record(rid, self.instances[i]))
+            for i, rid in enumerate(self.ids[start:stop], start)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def head(self, n: int) -> Traffic:
+        """The first ``n`` records (what a stopped trickle produced)."""
+        return Traffic(self.ids[:n], self.instances[:n], self.flagged & frozenset(self.ids[:n]))
+
+
+def make_traffic(detector_dir: Path, instances: np.ndarray, prefix: str = "r") -> Traffic:
+    """Score ``instances`` offline; rows too close to the threshold to call are dropped."""
+    from monitor import load_detector
+
+    detector = load_detector(detector_dir)
+    scores = np.asarray(detector.score(instances), dtype=np.float64)
+    threshold = float(detector.threshold)
+    clear = np.abs(scores - threshold) > 1e-3 * max(abs(threshold), 1e-3)
+    kept = instances[clear]
+    ids = [f"{prefix}-{i}" for i in range(len(kept))]
+    flagged = frozenset(rid for rid, s in zip(ids, scores[clear], strict=True) if s > threshold)
+    return Traffic(ids, kept, flagged)
+
+
+def tiny_instances(n: int, seed: int = 0) -> np.ndarray:
+    """Rows for the tests' tiny 8-feature detector: 2/3 clean, 1/3 far off (mostly flagged)."""
+    from fixtures_models import make_tiny_data
+
+    x, _ = make_tiny_data(n=max(n, 10), seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    far = (rng.normal(0, 1, (n, x.shape[1])) * 6).astype(np.float32)
+    return np.where((np.arange(n) % 3 == 2)[:, None], far, x[:n]).astype(np.float32)
+
+
+class Trickle:
+    """Produces a traffic's records in order at a steady rate from a thread.
+
+    Runs until every record is sent or ``stop()`` is called, so a scenario can keep
+    records flowing for as long as its faults take; ``finish()`` waits for the broker's
+    acknowledgements (across outages too) and returns how many records were produced.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, traffic: Traffic, rate: float) -> None:
+        self.records = traffic.records()
+        self.rate = rate
+        self.sent = 0
+        self.errors: list[KafkaError] = []
+        self._stop = threading.Event()
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "linger.ms": 5,
+                "enable.idempotence": True,
+                "message.timeout.ms": 300_000,
+            }
+        )
+        self._topic = topic
+        self._thread = threading.Thread(target=self._run, name="trickle", daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        for i, (key, value) in enumerate(self.records):
+            ahead = i / self.rate - (time.monotonic() - started)
+            if ahead > 0 and self._stop.wait(ahead):
+                return
+            self._producer.produce(self._topic, value, key, on_delivery=self._delivered)
+            self._producer.poll(0)
+            self.sent += 1
+
+    def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            self.errors.append(err)
+
+    def __enter__(self) -> Trickle:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._producer.flush(10)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def finish(self, timeout: float = 120.0) -> int:
+        """Wait until production ends and everything is acknowledged; records produced."""
+        self._thread.join(timeout)
+        left = self._producer.flush(timeout)
+        if left or self.errors or self._thread.is_alive():
+            raise AssertionError(f"trickle: {left} undelivered, errors {self.errors[:3]}")
+        return self.sent
+
+
+# -- the report ----------------------------------------------------------------------------
+@dataclass
+class FaultReport:
+    """What one scenario did and what a read_committed alert subscriber saw, by id."""
+
+    scenario: str
+    mode: str
+    faults: int
+    produced: int
+    expected_flagged: int
+    scored: int = 0
+    delivered: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    duplicated: int = 0
+    notes: str = ""
+
+    @classmethod
+    def from_alerts(
+        cls,
+        scenario: str,
+        mode: str,
+        faults: int,
+        traffic: Traffic,
+        seen: Counter[str],
+        scored: int,
+        notes: str = "",
+    ) -> FaultReport:
+        return cls(
+            scenario=scenario,
+            mode=mode,
+            faults=faults,
+            produced=len(traffic),
+            expected_flagged=len(traffic.flagged),
+            scored=scored,
+            delivered=sum(seen.values()),
+            missing=sorted(traffic.flagged - set(seen)),
+            unexpected=sorted(set(seen) - traffic.flagged),
+            duplicated=sum(n - 1 for n in seen.values()),
+            notes=notes,
+        )
+
+    def row(self) -> list[str]:
+        return [
+            self.scenario,
+            self.mode,
+            str(self.faults),
+            str(self.produced),
+            str(self.scored),
+            str(self.expected_flagged),
+            str(self.delivered),
+            str(len(self.missing)),
+            str(self.duplicated),
+        ]
+
+
+HEADER = ["scenario", "mode", "faults", "produced", "scored", "flagged", "alerts", "missing", "dup"]
+
+
+def table(reports: Sequence[FaultReport]) -> str:
+    """A Markdown table of reports."""
+    rows = [HEADER, *(r.row() for r in reports)]
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join(" --- " for _ in HEADER) + "|")
+    return "\n".join(lines)
+
+
+# -- worker processes ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setup:
+    """Where a scenario's workers read and write."""
+
+    bootstrap: str
+    detector: Path
+    input_topic: str
+    alert_topic: str
+    dead_letter_topic: str
+    group: str
+    partitions: int
+    mode: str
+    batch_size: int = 16
+    kafka_options: tuple[str, ...] = (
+        "session.timeout.ms=6000",
+        "heartbeat.interval.ms=500",
+        "transaction.timeout.ms=10000",
+    )
+
+    def args(self, transactional_id: str = "w0") -> list[str]:
+        args = [
+            "--bootstrap-servers", self.bootstrap, "--input-topic", self.input_topic,
+            "--alert-topic", self.alert_topic, "--dead-letter-topic", self.dead_letter_topic,
+            "--group-id", self.group, "--detector", str(self.detector), "--metrics-port", "0",
+            "--max-batch-size", str(self.batch_size), "--max-batch-wait-ms", "20",
+            "--summary-interval-s", "0", "--shutdown-timeout-s", "5",
+        ]  # fmt: skip
+        for option in self.kafka_options:
+            args += ["--kafka-option", option]
+        if self.mode == EOS:
+            args += ["--exactly-once", "--transactional-id", f"{self.group}-{transactional_id}"]
+        return args
+
+    def committed(self) -> int:
+        offsets = committed_offsets(self.bootstrap, self.group, self.input_topic, self.partitions)
+        return sum(max(o, 0) for o in offsets)
+
+
+class Workers:
+    """Worker processes with their output in log files; whatever still runs is killed on exit."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
+        path = self.log_dir / f"{len(self.procs):02d}-{name}.log"
+        with path.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "monitor", "run", *args],
+                cwd=ROOT,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self.procs.append((proc, path))
+        return proc
+
+    def output(self, proc: subprocess.Popen[bytes]) -> str:
+        path = next(p for q, p in self.procs if q is proc)
+        return path.read_text(errors="replace")
+
+    def sigkill(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker died on its own:\n{self.output(proc)[-3000:]}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
+        """SIGTERM; the worker must exit 0 in time. Returns its output."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"worker ignored SIGTERM:\n{self.output(proc)[-3000:]}") from None
+        if code != 0:
+            raise AssertionError(f"worker exited {code}:\n{self.output(proc)[-3000:]}")
+        return self.output(proc)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for proc, _path in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+
+
+def report(
+    setup: Setup, scenario: str, faults: int, traffic: Traffic, notes: str = ""
+) -> FaultReport:
+    """Read the outputs back; records committed and not dead-lettered count as scored."""
+    seen = alert_ids(setup.bootstrap, setup.alert_topic)
+    dead = len(read_to_end(setup.bootstrap, setup.dead_letter_topic))
+    return FaultReport.from_alerts(
+        scenario, setup.mode, faults, traffic, seen, setup.committed() - dead, notes
+    )
+
+
+# -- scenarios -----------------------------------------------------------------------------
+def kill_and_restart(
+    setup: Setup,
+    traffic: Traffic,
+    kills: int,
+    rng: random.Random,
+    log_dir: Path,
+    rate: float = 200.0,
+    max_delay: float = 1.5,
+) -> FaultReport:
+    """SIGKILL the worker ``kills`` times at random moments while records stream in.
+
+    Each incarnation is killed a random time after its first commit (so mid-batch,
+    between produce and commit, or while it joins the group), then restarted with the
+    same transactional id; the last one drains the topic and stops with SIGTERM.
+    ``traffic`` must be long enough to last ``rate`` records/s through all the kills.
+    """
+    with (
+        Trickle(setup.bootstrap, setup.input_topic, traffic, rate) as trickle,
+        Workers(log_dir) as workers,
+    ):
+        for i in range(kills):
+            before = setup.committed()
+            proc = workers.start(setup.args(), f"incarnation{i}")
+            wait_until(
+                lambda: setup.committed() > before or proc.poll() is not None,  # noqa: B023
+                120,
+                "a commit by the new incarnation",
+            )
+            time.sleep(rng.uniform(0.0, max_delay))
+            workers.sigkill(proc)
+        trickle.stop()
+        produced = trickle.finish()
+        proc = workers.start(setup.args(), "last")
+        wait_until(
+            lambda: setup.committed() >= produced or proc.poll() is not None,
+            180,
+            "the last incarnation to drain the topic",
+        )
+        workers.stop(proc)
+    return report(setup, "SIGKILL + restart", kills, traffic.head(produced))
+
+
+def survivor_takes_over(
+    setup: Setup, traffic: Traffic, rng: random.Random, log_dir: Path, rate: float = 200.0
+) -> FaultReport:
+    """Two workers share the group; one is SIGKILLed mid-stream; the other must finish."""
+    with (
+        Trickle(setup.bootstrap, setup.input_topic, traffic, rate) as trickle,
+        Workers(log_dir) as workers,
+    ):
+        victim = workers.start(setup.args("victim"), "victim")
+        survivor = workers.start(setup.args("survivor"), "survivor")
+        owns = f"assigned {setup.input_topic}["
+        wait_until(
+            lambda: (
+                all(owns in workers.output(p) for p in (victim, survivor))
+                or victim.poll() is not None
+                or survivor.poll() is not None
+            ),
+            120,
+            "both workers owning partitions",
+        )
+        before = setup.committed()
+        wait_until(lambda: setup.committed() > before, 60, "both workers processing")
+        time.sleep(rng.uniform(0.0, 1.0))
+        workers.sigkill(victim)
+        time.sleep(2.0)  # records keep arriving on the victim's partitions too
+        trickle.stop()
+        produced = trickle.finish()
+        wait_until(
+            lambda: setup.committed() >= produced or survivor.poll() is not None,
+            180,
+            "the survivor to finish the topic",
+        )
+        workers.stop(survivor)
+    return report(setup, "2 workers, 1 SIGKILLed", 1, traffic.head(produced))
+
+
+def run_many(jobs: Sequence[Callable[[], FaultReport]]) -> list[FaultReport]:
+    """Run independent scenarios side by side (they use separate topics and groups)."""
+    results: list[FaultReport | BaseException | None] = [None] * len(jobs)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = jobs[i]()
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return [r for r in results if isinstance(r, FaultReport)]
