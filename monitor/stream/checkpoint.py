@@ -217,7 +217,7 @@ class TransactionalCheckpoint:
         try:
             self.publisher.producer.begin_transaction()
         except KafkaException as exc:
-            _raise_if_fatal(exc, "begin")
+            self._raise_if_fatal(exc, "begin")
             # The previous abort did not finish (broker away): finish it, then begin.
             self._open = True
             self.abort(None)
@@ -231,7 +231,7 @@ class TransactionalCheckpoint:
         try:
             self.publisher.produce(out)
         except KafkaException as exc:
-            _raise_if_fatal(exc, "produce")
+            self._raise_if_fatal(exc, "produce")
             self._refused = _error_of(exc)
             log.warning(
                 "producer refused a message (%s); the transaction will be aborted",
@@ -299,7 +299,7 @@ class TransactionalCheckpoint:
                 step()
                 return None
             except KafkaException as exc:
-                _raise_if_fatal(exc, what)
+                self._raise_if_fatal(exc, what)
                 err = _error_of(exc)
                 if err.txn_requires_abort() or not err.retriable():
                     return err
@@ -316,22 +316,26 @@ class TransactionalCheckpoint:
                 fn()
                 return
             except KafkaException as exc:
-                _raise_if_fatal(exc, what)
+                self._raise_if_fatal(exc, what)
                 err = _error_of(exc)
                 if time.monotonic() > deadline or not err.retriable():
                     raise
                 time.sleep(self.backoff.next_delay())
 
+    def _raise_if_fatal(self, exc: KafkaException, what: str) -> None:
+        """A fatal producer error (fenced by a newer instance, or broken) ends this worker.
+
+        The transaction is then closed for good: nothing may be aborted at shutdown, so
+        the consumer still leaves the group at once and its partitions move on.
+        """
+        err = _error_of(exc)
+        if err.fatal():
+            self._open = False
+            raise FencedError(
+                f"transactional producer fenced or failed fatally during {what}: {describe(err)}"
+            ) from None
+
 
 def _error_of(exc: KafkaException) -> KafkaError:
     err = exc.args[0] if exc.args else None
     return err if isinstance(err, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
-
-
-def _raise_if_fatal(exc: KafkaException, what: str) -> None:
-    """A fatal producer error (fenced by a newer instance, or broken) ends this worker."""
-    err = _error_of(exc)
-    if err.fatal():
-        raise FencedError(
-            f"transactional producer fenced or failed fatally during {what}: {describe(err)}"
-        ) from None
