@@ -87,7 +87,8 @@ def parse_corruptions(text: str) -> tuple[str, ...]:
 
 
 def malformed_positions(total: int, count: int) -> set[int]:
-    """``count`` positions spread evenly over ``total`` records (none at the very start)."""
+    """``count`` positions spread evenly over ``total`` records (one in the middle of each of
+    ``count`` equal slices)."""
     count = min(count, total)
     return {int((k + 0.5) * total / count) for k in range(count)} if count else set()
 
