@@ -415,7 +415,10 @@ class RecordIdentity:
 
 
 def record_identity(
-    message: MessageLike, fmt: RecordFormat | str, row_in_message: int
+    message: MessageLike,
+    fmt: RecordFormat | str,
+    row_in_message: int,
+    max_context_bytes: int = MAX_CONTEXT_BYTES,
 ) -> RecordIdentity:
     """Identity of one decoded row (re-parses the message; meant for flagged rows only).
 
@@ -452,7 +455,9 @@ def record_identity(
         key=key.encode() if isinstance(key, str) else key,
         model=merge_labels(head.labels if head is not None else None, body_model),
         event_type=head.event_type if head is not None else None,
-        context=_context(body, _FIELDS_OF[resolved]),
+        context=cap_context(
+            {k: v for k, v in body.items() if k not in _FIELDS_OF[resolved]}, max_context_bytes
+        ),
         topic=message.topic(),
         partition=message.partition(),
         offset=message.offset(),
@@ -495,23 +500,27 @@ def _row_count(body: dict[str, Any], fmt: RecordFormat) -> int:
     return 1
 
 
-def _context(body: dict[str, Any], exclude: frozenset[str]) -> dict[str, Any]:
-    """The body's other fields, kept whole while they fit ``MAX_CONTEXT_BYTES`` of JSON."""
-    context: dict[str, Any] = {}
+def cap_context(context: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    """Keep fields whole, in order, while they fit ``max_bytes`` of JSON.
+
+    A subscriber never sees a silently cut value: ``_dropped_fields`` says how many
+    fields did not fit.
+    """
+    if max_bytes <= 0 or not context:
+        return {}
+    kept: dict[str, Any] = {}
     used = 2
     dropped = 0
-    for key, value in body.items():
-        if key in exclude:
-            continue
+    for key, value in context.items():
         try:
             size = len(orjson.dumps({key: value}))
         except (TypeError, orjson.JSONEncodeError):
-            size = MAX_CONTEXT_BYTES + 1
-        if used + size <= MAX_CONTEXT_BYTES:
-            context[key] = value
+            size = max_bytes + 1
+        if used + size <= max_bytes:
+            kept[key] = value
             used += size
         else:
             dropped += 1
     if dropped:
-        context["_dropped_fields"] = dropped
-    return context
+        kept["_dropped_fields"] = dropped
+    return kept
