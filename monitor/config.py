@@ -102,6 +102,13 @@ OPTIONS: tuple[Option, ...] = (
         minimum=0,
     ),
     Option(
+        "prefetch",
+        bool,
+        True,
+        "Consume and decode the next batches on a second thread while one is scored and "
+        "committed (uses a second core; --no-prefetch: one thread does everything in turn).",
+    ),
+    Option(
         "metrics_host",
         str,
         "127.0.0.1",
@@ -236,6 +243,7 @@ class WorkerConfig:
     detector: str = ""
     max_batch_size: int = 512
     max_batch_wait_ms: int = 100
+    prefetch: bool = True
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
     record_format: str = "json"

@@ -7,7 +7,9 @@
    never gets the worker kicked out) and produce the failed messages again; if the
    batch's partitions were revoked meanwhile or shutdown's bound ran out, rewind instead
    and let the batch be processed again;
-3. commit offset + 1 of every partition in the batch, synchronously.
+3. commit offset + 1 of every partition in the batch, asynchronously: delivery is already
+   confirmed, offsets only move forward (a failed commit is covered by the next one), and
+   ``close()`` waits for commits in flight; outcomes reach the consumer's ``on_commit``.
 
 ``TransactionalCheckpoint`` puts the batch's alerts, dead letters and input offsets in
 one Kafka transaction: commit, or abort and rewind so the batch is processed again.
@@ -17,12 +19,20 @@ A fenced producer (another instance took our transactional id) raises ``FencedEr
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from monitor.errors import DeliveryError, FencedError
 from monitor.stream.publisher import Outgoing, Publisher, describe
@@ -78,6 +88,12 @@ class ConsumerHost(Protocol):
     def stopping_past_deadline(self) -> bool: ...
 
     def rewind(self, offsets: BatchOffsets) -> None: ...
+
+    def commit_offsets(self, offsets: list[TopicPartition]) -> None:
+        """Commit consumer offsets asynchronously; may raise ``KafkaException``."""
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata, for ``send_offsets_to_transaction``."""
 
 
 @dataclass
@@ -159,19 +175,18 @@ class AtLeastOnceCheckpoint:
                 self.publisher.produce(out)
             failed = self._flush()
             pending_acks = self.publisher.in_flight > 0
-        # Step 3: commit offset + 1 for every partition still ours.
+        # Step 3: commit offset + 1 for every partition still ours, without waiting for
+        # the broker's answer (a round trip per batch); the consumer's on_commit counts it.
         to_commit = offsets.commit_list(self.host.is_assigned)
         if not to_commit:
             return True
         try:
-            self.host.consumer.commit(offsets=to_commit, asynchronous=False)
+            self.host.commit_offsets(to_commit)
         except KafkaException as exc:
             # The group moved on (rebalance, fenced member): the new owner re-processes
             # from the last committed offset, so nothing is lost.
             self.metrics.commit_failed()
             log.warning("offset commit failed: %s", describe(exc.args[0] if exc.args else exc))
-            return True
-        self.metrics.commit_succeeded()
         return True
 
 
@@ -189,6 +204,12 @@ class TransactionalCheckpoint:
     A retriable failure repeats only the step that failed (with backoff, serving the
     group); one that requires an abort aborts and rewinds the batch for re-processing; a
     fatal one (fenced by an instance with our transactional id) raises ``FencedError``.
+
+    Step 2 runs on a helper thread: after the group coordinator went away (a broker
+    restart), librdkafka's ``send_offsets_to_transaction`` can block for ever, past its
+    own timeout (librdkafka issues #5456 and #5511). When it does, the producer is
+    replaced by a new one with the same transactional id, whose ``init_transactions``
+    fences the stuck one and aborts its transaction; the batch is processed again.
     """
 
     exactly_once = True
@@ -199,14 +220,17 @@ class TransactionalCheckpoint:
         publisher: Publisher,
         metrics: CheckpointMetrics,
         timeout: float = 30.0,
+        make_producer: Callable[[], Producer] | None = None,
     ) -> None:
         self.host = host
         self.publisher = publisher
         self.metrics = metrics
         self.timeout = timeout
+        self.make_producer = make_producer
         self.backoff = Backoff()
         self._open = False
         self._refused: KafkaError | None = None
+        self._stuck: list[Producer] = []  # kept alive: a thread is still inside each
 
     def init(self) -> None:
         """Register the transactional id, fencing any older instance with the same id."""
@@ -246,12 +270,15 @@ class TransactionalCheckpoint:
         if not all(self.host.is_assigned(tp) for tp in offsets.next):
             return self._abort_batch("partitions revoked during the batch", offsets)
         # Step 2: the input offsets join the transaction.
-        err = self._retrying(
-            lambda: producer.send_offsets_to_transaction(
-                offsets.commit_list(), self.host.consumer.consumer_group_metadata(), self.timeout
-            ),
-            "send offsets",
-        )
+        metadata = self.host.group_metadata()
+        try:
+            err = self._retrying(
+                lambda: self._send_offsets(producer, offsets.commit_list(), metadata),
+                "send offsets",
+            )
+        except _StuckProducer:
+            self._replace_producer(offsets)
+            return False
         # Step 3: commit outputs and offsets together.
         if err is None:
             err = self._retrying(lambda: producer.commit_transaction(self.timeout), "commit")
@@ -280,6 +307,36 @@ class TransactionalCheckpoint:
         self.metrics.transaction("aborted")
         if offsets is not None:
             self.host.rewind(offsets)
+
+    def _send_offsets(
+        self, producer: Producer, positions: list[TopicPartition], metadata: object
+    ) -> None:
+        """``send_offsets_to_transaction``, given up on when it outlives its timeout."""
+        timeout = min(self.timeout, SEND_OFFSETS_TIMEOUT_S)
+        call = _Call(lambda: producer.send_offsets_to_transaction(positions, metadata, timeout))
+        deadline = time.monotonic() + timeout + STUCK_GRACE_S
+        while not call.done.wait(0.0) and (left := deadline - time.monotonic()) > 0:
+            self.host.serve_group(min(left, 0.5))
+        if not call.done.is_set():
+            raise _StuckProducer
+        call.result()
+
+    def _replace_producer(self, offsets: BatchOffsets) -> None:
+        """Swap in a new producer with our transactional id; the batch is processed again."""
+        if self.make_producer is None:
+            raise FencedError("the transactional producer is stuck and cannot be replaced")
+        log.error(
+            "send_offsets_to_transaction did not return within its timeout (a librdkafka "
+            "bug after a coordinator change): replacing the transactional producer; the "
+            "new one fences the stuck one and aborts its transaction"
+        )
+        self._stuck.append(self.publisher.producer)
+        self.publisher.replace(self.make_producer())
+        self._open = False
+        self.init()
+        self.metrics.commit_failed()
+        self.metrics.transaction("aborted")
+        self.host.rewind(offsets)
 
     def _abort_batch(self, why: KafkaError | str, offsets: BatchOffsets) -> bool:
         self.metrics.commit_failed()
@@ -334,6 +391,36 @@ class TransactionalCheckpoint:
             raise FencedError(
                 f"transactional producer fenced or failed fatally during {what}: {describe(err)}"
             ) from None
+
+
+SEND_OFFSETS_TIMEOUT_S = 10.0
+STUCK_GRACE_S = 5.0  # beyond its own timeout, a librdkafka call is considered stuck
+
+
+class _StuckProducer(Exception):
+    """A transactional API call outlived its timeout."""
+
+
+class _Call:
+    """A blocking call on a daemon thread, so that the caller can stop waiting for it."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.done = threading.Event()
+        self._error: BaseException | None = None
+        self._fn = fn
+        threading.Thread(target=self._run, name="txn-call", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._fn()
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
 def _error_of(exc: KafkaException) -> KafkaError:

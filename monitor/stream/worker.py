@@ -7,6 +7,7 @@ Delivery guarantees live in ``checkpoint``, decoding in ``records``, payloads in
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -20,7 +21,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from prometheus_client import CollectorRegistry
 
 from monitor.config import WorkerConfig
@@ -35,8 +43,16 @@ from monitor.stream.checkpoint import (
     TransactionalCheckpoint,
 )
 from monitor.stream.drift import DriftResult, DriftWindow
+from monitor.stream.prefetch import Prefetcher
 from monitor.stream.publisher import Outgoing, Publisher, describe
-from monitor.stream.records import InputSpec, Reason, RecordDecoder, RecordFormat, record_identity
+from monitor.stream.records import (
+    DecodedBatch,
+    InputSpec,
+    Reason,
+    RecordDecoder,
+    RecordFormat,
+    record_identity,
+)
 from monitor.stream.scoring import DetectorHandle
 from monitor.stream.topics import ensure_topics
 
@@ -79,6 +95,7 @@ class Worker:
         self._reload = threading.Event()
         self._assigned: set[TP] = set()
         self._carry: list[Message] = []
+        self.prefetcher: Prefetcher | None = None
         self._dead_reasons: list[str] = []  # of the current batch; counted once it commits
         self._last_loop = time.monotonic()
         self._ready = False
@@ -132,14 +149,14 @@ class Worker:
                 cfg.input_topic,
                 [cfg.alert_topic, cfg.dead_letter_topic, cfg.effective_drift_topic],
             )
-            self.producer = Producer({**cfg.producer_conf(), "error_cb": self._on_kafka_error})
-            self.publisher = Publisher(self.producer)
+            self.publisher = Publisher(self._new_producer())
             stack.callback(self._flush_producer)
             self.consumer = Consumer(
                 {
                     **cfg.consumer_conf(),
                     "error_cb": self._on_kafka_error,
                     "stats_cb": self._on_stats,
+                    "on_commit": self._on_commit,
                 }
             )
             stack.callback(self._close_consumer)
@@ -150,6 +167,14 @@ class Worker:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
+            if cfg.prefetch:
+                self.prefetcher = self._make_prefetcher()
+                stack.callback(self.prefetcher.stop)  # before the consumer closes
+                self.prefetcher.start()
+            # Start-up made millions of long-lived objects (TensorFlow, Keras, the model):
+            # keep the collector from scanning them again on every full collection.
+            gc.collect()
+            gc.freeze()
             if self.handle_signals:
                 self._install_signals(stack)
             self.metrics.set_up(True)
@@ -166,9 +191,15 @@ class Worker:
             while not self._stop.is_set():
                 self._last_loop = time.monotonic()
                 self._maybe_reload()
-                batch = self._next_batch()
-                if batch:
-                    self._process(batch)
+                if self.prefetcher is not None:
+                    ready = self.prefetcher.next(IDLE_POLL_S)
+                    if ready is not None:
+                        done = self._process(ready.messages, ready.decoded, ready.offsets)
+                        self.prefetcher.complete(ready.offsets, done)
+                else:
+                    batch = self._next_batch()
+                    if batch:
+                        self._process(batch)
                 self._maybe_log_summary()
                 if max_records is not None and self.summary.consumed >= max_records:
                     break
@@ -203,13 +234,23 @@ class Worker:
                     self.metrics.broker_error(err.name())
         return good
 
-    def _process(self, messages: list[Message]) -> None:
-        """Decode, score, publish and commit one batch."""
+    def _process(
+        self,
+        messages: list[Message],
+        decoded: DecodedBatch | None = None,
+        offsets: BatchOffsets | None = None,
+    ) -> bool:
+        """Decode (unless prefetched), score, publish and commit one batch.
+
+        False when the batch was given back (rewound) instead of committed.
+        """
         started = time.perf_counter()
-        offsets = BatchOffsets.of(messages)
+        if offsets is None:
+            offsets = BatchOffsets.of(messages)
         self._dead_reasons = []
         self.checkpoint.begin(offsets)
-        decoded = self.decoder.decode(messages)
+        if decoded is None:
+            decoded = self.decoder.decode(messages)
         for dead in decoded.dead:
             self._publish_dead_letter(messages[dead.index], str(dead.reason), dead.detail)
         scores = None
@@ -229,12 +270,13 @@ class Worker:
         drift = self._check_drift(scores.scores) if scores is not None else []
         if not self.checkpoint.commit(offsets):
             self.summary.rewound_batches += 1
-            return
+            return False
         self._account(messages, decoded, scores, time.perf_counter() - started)
         for result in drift:
             self.metrics.set_drift(result.p_value, result.drifted)
             if result.drifted:
                 self.metrics.drift_event()
+        return True
 
     # -- publishing ----------------------------------------------------------------------
     def _publish_alert(self, messages: list[Message], decoded: Any, scores: Any, row: int) -> None:
@@ -355,9 +397,16 @@ class Worker:
         self.metrics.set_ready(True)
         log.info("assigned %s", _names(partitions))
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(
+        self, _consumer: Consumer, partitions: list[TopicPartition], lost: bool = False
+    ) -> None:
         gone = {(p.topic, p.partition) for p in partitions}
-        dropped = self._forget(gone)
+        if self.prefetcher is not None:
+            # Batches already handed out finish (and commit) first, unless the partitions
+            # are lost: their commits would be refused anyway.
+            dropped = self.prefetcher.release(gone, wait=not lost)
+        else:
+            dropped = self._forget(gone)
         self._assigned -= gone
         self.metrics.set_assigned_partitions(len(self._assigned))
         log.info(
@@ -368,7 +417,7 @@ class Worker:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("partitions lost (session timed out): %s", _names(partitions))
-        self._on_revoke(consumer, partitions)
+        self._on_revoke(consumer, partitions, lost=True)
 
     def _forget(self, tps: set[TP]) -> int:
         """Drop not-yet-processed records of these partitions."""
@@ -390,8 +439,28 @@ class Worker:
             and time.monotonic() - self._stop_at > self.config.shutdown_timeout_s
         )
 
+    def commit_offsets(self, offsets: list[TopicPartition]) -> None:
+        """Commit asynchronously (outcome: ``_on_commit``); raises ``KafkaException`` if
+        refused at once. With the prefetch thread, that thread sends it (soon, in order)."""
+        if self.prefetcher is not None:
+            self.prefetcher.commit(offsets)
+        else:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+
+    def group_metadata(self) -> Any:
+        """The consumer group metadata that fences zombies in transactions."""
+        if self.prefetcher is not None:
+            return self.prefetcher.group_metadata()
+        return self.consumer.consumer_group_metadata()
+
     def serve_group(self, seconds: float) -> None:
         """Wait while staying in the group: records arriving meanwhile are kept for later."""
+        if self.prefetcher is not None:  # its thread keeps consuming (paused) meanwhile
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                self._last_loop = time.monotonic()
+                time.sleep(min(left, 0.5))
+            return
         assignment = self.consumer.assignment()
         if assignment:
             self.consumer.pause(assignment)
@@ -409,6 +478,9 @@ class Worker:
 
     def rewind(self, offsets: BatchOffsets) -> None:
         """Seek back to the batch's first offsets so it is consumed and processed again."""
+        if self.prefetcher is not None:  # it also drops and re-reads what it prefetched
+            self.prefetcher.rewind()
+            return
         targets = offsets.rewind_list(self.is_assigned)
         self._forget({(tp.topic, tp.partition) for tp in targets})
         for tp in targets:
@@ -450,10 +522,22 @@ class Worker:
         reference = np.asarray(manifest.reference_scores if manifest else [], dtype=np.float64)
         return DriftWindow(reference, cfg.drift_window, cfg.drift_p_value)
 
+    def _make_prefetcher(self) -> Prefetcher:
+        return Prefetcher(
+            self.consumer,
+            self.batcher,
+            self.decoder.decode,  # the decoder is not thread-safe: that thread is its only user
+            self._usable,
+            self.is_assigned,
+            self._commit_refused,
+        )
+
     def _make_checkpoint(self) -> AtLeastOnceCheckpoint | TransactionalCheckpoint:
         if not self.config.exactly_once:
             return AtLeastOnceCheckpoint(self, self.publisher, self.metrics)
-        checkpoint = TransactionalCheckpoint(self, self.publisher, self.metrics)
+        checkpoint = TransactionalCheckpoint(
+            self, self.publisher, self.metrics, make_producer=self._new_producer
+        )
         checkpoint.init()
         log.info(
             "transactions initialised (transactional.id %s)", self.config.effective_transactional_id
@@ -507,6 +591,20 @@ class Worker:
         else:
             log.warning("Kafka: %s", describe(err))
 
+    def _commit_refused(self, exc: KafkaException) -> None:
+        self.metrics.commit_failed()
+        log.warning("offset commit failed: %s", describe(exc.args[0] if exc.args else exc))
+
+    def _on_commit(self, err: KafkaError | None, _partitions: list[TopicPartition]) -> None:
+        """Outcome of an asynchronous offset commit (at-least-once mode)."""
+        if err is None:
+            self.metrics.commit_succeeded()
+        else:
+            # The next commit covers these offsets; at worst the new owner of a partition
+            # re-processes from the previous commit, so nothing is lost.
+            self.metrics.commit_failed()
+            log.warning("offset commit failed: %s", describe(err))
+
     def _on_stats(self, stats_json: str) -> None:
         self.metrics.update_from_stats(stats_json)
         try:
@@ -540,8 +638,11 @@ class Worker:
             previous = signal.signal(sig, handler)
             stack.callback(signal.signal, sig, previous)
 
+    def _new_producer(self) -> Producer:
+        return Producer({**self.config.producer_conf(), "error_cb": self._on_kafka_error})
+
     def _flush_producer(self) -> None:
-        left = self.producer.flush(self.config.shutdown_timeout_s)
+        left = self.publisher.producer.flush(self.config.shutdown_timeout_s)
         if left:
             log.warning(
                 "%d message(s) not delivered before exit; their batch was not committed", left

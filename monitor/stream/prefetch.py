@@ -1,0 +1,342 @@
+"""Consume and decode the next micro-batches on a second thread while the worker scores one.
+
+Waiting on Kafka (the alert flush, the offset commit or transaction) and TensorFlow's
+kernels release the GIL, so consuming and decoding the next batch meanwhile puts the
+second core to work. The catches: confluent-kafka runs rebalance callbacks inside
+``consume()``, which now runs on this thread, and it lets only one thread at a time into
+a consumer (a call from another thread waits until ``consume()`` returns, and can starve
+while this thread keeps calling it). The rules that keep commits and rewinds correct:
+
+- While this thread runs, it is the consumer's only user: the worker's offset commits are
+  queued (``commit``) and sent from here, in order, between ``consume()`` calls (within
+  ``MAX_CONSUME_WAIT_S``); the group metadata for transactions is a snapshot taken after
+  every ``consume()`` (``group_metadata``); a stale one (older generation) makes the
+  broker refuse the transaction's offsets, which aborts and rewinds: safe.
+- Batches go to the worker in consumption order through a small queue (``depth``): memory
+  stays bounded by ``depth`` + 1 decoded batches, the open batch and librdkafka's fetch
+  queue, whatever the backlog.
+- The worker reports every batch it was handed as completed (``complete``); for each
+  partition this thread knows the first offset not completed yet (``pending``).
+- A rewind (``rewind``, from the worker's checkpoint) bumps an epoch: queued batches are
+  dropped, and once the worker has completed the batch it holds, this thread drops what it
+  holds and seeks every partition back to its first offset not completed.
+- On revoke (this thread, inside ``consume()``) it waits, bounded by ``revoke_grace_s``,
+  until the worker has completed every batch handed out or queued, so those commit while
+  the partitions are still ours (queued commits are sent before the callback returns);
+  then it forgets the revoked partitions' records. If the
+  worker is stuck (alerts undeliverable), it rewinds instead and the worker's checkpoint,
+  seeing the partitions gone, gives its batch up.
+- While the worker cannot take batches for longer than ``stall_s`` (stuck, as above), the
+  partitions are paused and ``consume()`` keeps being called, so the group membership stays
+  alive (``max.poll.interval.ms``); records still arriving are kept for later.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from monitor.stream.batcher import Batcher
+from monitor.stream.checkpoint import TP, BatchOffsets
+from monitor.stream.records import DecodedBatch
+
+log = logging.getLogger(__name__)
+
+#: Longest a queued commit waits for ``consume()`` to return (with nothing to fetch).
+MAX_CONSUME_WAIT_S = 0.1
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A consumed, decoded batch waiting for the worker."""
+
+    messages: list[Message]
+    decoded: DecodedBatch
+    offsets: BatchOffsets
+
+
+def _tp(message: Message) -> TP:
+    return (message.topic() or "", message.partition() or 0)
+
+
+class Prefetcher:
+    """The consuming half of the worker, on its own thread."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        batcher: Batcher[Message],
+        decode: Callable[[list[Message]], DecodedBatch],
+        usable: Callable[[list[Message]], list[Message]],
+        is_assigned: Callable[[TP], bool],
+        commit_failed: Callable[[KafkaException], None],
+        *,
+        depth: int = 2,
+        stall_s: float = 1.0,
+        revoke_grace_s: float = 10.0,
+    ) -> None:
+        self.consumer = consumer
+        self.batcher = batcher
+        self.decode = decode
+        self.usable = usable
+        self.is_assigned = is_assigned
+        self.commit_failed = commit_failed
+        self.depth = depth
+        self.stall_s = stall_s
+        self.revoke_grace_s = revoke_grace_s
+        self._cond = threading.Condition()
+        # Shared with the worker's thread, under ``_cond``:
+        self._queue: deque[Prepared] = deque()
+        self._handed = 0  # batches given to the worker and not completed yet
+        self._epoch = 0  # bumped by a rewind; this thread catches up in ``_catch_up``
+        self._pending: dict[TP, int] = {}  # first offset not completed, per partition
+        self._taken_next: dict[TP, int] = {}  # offset after the last one queued
+        self._error: BaseException | None = None
+        self._commits: deque[list[TopicPartition]] = deque()
+        self._group_metadata: Any = None
+        # This thread's own:
+        self._seen_epoch = 0
+        self._carry: list[Message] = []  # consumed while paused, or before a reset
+        self._paused = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the worker's side -----------------------------------------------------------
+    def start(self) -> None:
+        self._snapshot_group()
+        self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop consuming (batches still queued are dropped: they were never committed)."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("prefetch thread still busy after %.0fs", timeout)
+
+    def next(self, timeout: float) -> Prepared | None:
+        """The next batch (None after ``timeout``); re-raises what broke the thread."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: bool(self._queue) or self._error is not None or self._stop.is_set(),
+                timeout,
+            )
+            if self._error is not None:
+                raise self._error
+            if not self._queue:
+                return None
+            self._handed += 1
+            item = self._queue.popleft()
+            self._cond.notify_all()
+            return item
+
+    def complete(self, offsets: BatchOffsets, committed: bool) -> None:
+        """The worker is done with a batch: committed, or given back by ``rewind``."""
+        with self._cond:
+            self._handed -= 1
+            if committed:
+                for tp, nxt in offsets.next.items():
+                    if self._taken_next.get(tp, nxt) > nxt:
+                        self._pending[tp] = nxt
+                    else:
+                        self._pending.pop(tp, None)
+                        self._taken_next.pop(tp, None)
+            self._cond.notify_all()
+
+    def commit(self, offsets: list[TopicPartition]) -> None:
+        """Commit these offsets (asynchronously) from this thread, soon and in order."""
+        with self._cond:
+            self._commits.append(offsets)
+
+    def group_metadata(self) -> Any:
+        """The consumer group metadata as of the last ``consume()`` (for transactions)."""
+        with self._cond:
+            return self._group_metadata
+
+    def rewind(self) -> None:
+        """Process again everything not completed: drop the queue, seek back (soon)."""
+        with self._cond:
+            self._bump()
+
+    # -- rebalance callbacks (run inside consume(), on this thread) ------------------------
+    def release(self, tps: set[TP], wait: bool = True) -> int:
+        """Partitions are being revoked: let handed-out batches finish, forget the rest.
+
+        Returns how many not-yet-processed records of those partitions were dropped.
+        """
+        on_this_thread = threading.current_thread() is self._thread
+        with self._cond:
+            finished = self._cond.wait_for(
+                lambda: (not self._queue and not self._handed) or self._stop.is_set(),
+                self.revoke_grace_s if wait and on_this_thread else 0.0,
+            )
+            if not finished:
+                log.warning(
+                    "revoke: the batch in progress did not finish within %.0fs; "
+                    "it will be given back and processed again",
+                    self.revoke_grace_s,
+                )
+                self._bump()
+            for tp in tps:
+                self._pending.pop(tp, None)
+                self._taken_next.pop(tp, None)
+        if on_this_thread:
+            self._send_commits()
+            self._snapshot_group()
+        return self._forget(tps)
+
+    # -- this thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._step()
+        except BaseException as exc:  # handed to the worker's thread by next()
+            log.exception("prefetch thread failed")
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+        finally:
+            self._send_commits()
+            if self._paused:
+                self._resume()
+
+    def _step(self) -> None:
+        self._send_commits()
+        with self._cond:
+            blocked = self._cond.wait_for(
+                lambda: self._can_proceed() or self._stop.is_set(), self.stall_s
+            )
+            resetting = self._seen_epoch != self._epoch
+        if self._stop.is_set():
+            return
+        if not blocked:
+            self._serve_paused()  # the worker is stuck: keep the group membership alive
+            return
+        if resetting:
+            self._catch_up()
+        if self._paused:
+            self._resume()
+        batcher = self.batcher
+        if self._carry:
+            room = batcher.room
+            batcher.add(self._carry[:room])
+            self._carry = self._carry[room:]
+        if batcher.is_due():
+            self._hand_over(batcher.take())
+            return
+        timeout = (
+            min(batcher.time_left(), MAX_CONSUME_WAIT_S) if len(batcher) else MAX_CONSUME_WAIT_S
+        )
+        messages = self.consumer.consume(num_messages=max(batcher.room, 1), timeout=timeout)
+        self._snapshot_group()
+        if messages:
+            good = self.usable(messages)
+            with self._cond:
+                stale = self._seen_epoch != self._epoch
+            if stale:
+                self._carry.extend(good)  # dropped or re-sought by the reset
+            else:
+                batcher.add(good)
+
+    def _can_proceed(self) -> bool:
+        if self._seen_epoch != self._epoch:
+            return not self._handed  # reset once the worker's batch is completed
+        return len(self._queue) < self.depth
+
+    def _hand_over(self, messages: list[Message]) -> None:
+        offsets = BatchOffsets.of(messages)
+        decoded = self.decode(messages)
+        with self._cond:
+            if self._seen_epoch != self._epoch:
+                self._carry = messages + self._carry  # the reset will seek before these
+                return
+            self._queue.append(Prepared(messages, decoded, offsets))
+            for tp, first in offsets.first.items():
+                self._pending.setdefault(tp, first)
+            self._taken_next.update(offsets.next)
+            self._cond.notify_all()
+
+    def _bump(self) -> None:
+        """(Under the lock.) Invalidate everything queued; ``_catch_up`` does the rest."""
+        self._epoch += 1
+        self._queue.clear()
+        self._cond.notify_all()
+
+    def _catch_up(self) -> None:
+        """Seek every partition back to its first record not completed; drop what is held."""
+        held = self.batcher.take() + self._carry
+        self._carry = []
+        with self._cond:
+            targets = dict(self._pending)
+            self._pending.clear()
+            self._taken_next.clear()
+            self._seen_epoch = self._epoch
+        for m in held:
+            tp = _tp(m)
+            offset = m.offset() or 0
+            if offset < targets.get(tp, offset + 1):
+                targets[tp] = offset
+        for (topic, partition), offset in targets.items():
+            if not self.is_assigned((topic, partition)):
+                continue
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+            except Exception as exc:  # partition gone meanwhile: its new owner has it
+                log.warning("could not rewind %s[%d]: %s", topic, partition, exc)
+        if targets:
+            log.info("rewound %d partition(s) for re-processing", len(targets))
+
+    def _serve_paused(self) -> None:
+        if not self._paused:
+            assignment = self.consumer.assignment()
+            log.debug("the worker is busy: pausing %d partition(s)", len(assignment))
+            if assignment:
+                self.consumer.pause(assignment)
+            self._paused = True
+        messages = self.consumer.consume(num_messages=100, timeout=MAX_CONSUME_WAIT_S)
+        self._snapshot_group()
+        self._carry.extend(self.usable(messages))
+
+    def _send_commits(self) -> None:
+        with self._cond:
+            batches = list(self._commits)
+            self._commits.clear()
+        for offsets in batches:
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as exc:
+                self.commit_failed(exc)
+
+    def _snapshot_group(self) -> None:
+        metadata = self.consumer.consumer_group_metadata()
+        with self._cond:
+            self._group_metadata = metadata
+
+    def _resume(self) -> None:
+        assignment = self.consumer.assignment()
+        log.debug("resuming %d partition(s)", len(assignment))
+        if assignment:
+            self.consumer.resume(assignment)
+        self._paused = False
+
+    def _forget(self, tps: Iterable[TP]) -> int:
+        gone = set(tps)
+        before = len(self._carry)
+        self._carry = [m for m in self._carry if _tp(m) not in gone]
+        return self.batcher.drop_where(lambda m: _tp(m) in gone) + before - len(self._carry)
+
+    @property
+    def held(self) -> int:
+        """Records consumed and not handed to the worker yet (for tests and metrics)."""
+        with self._cond:
+            queued = sum(len(p.messages) for p in self._queue)
+        return queued + len(self.batcher) + len(self._carry)
