@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from metrics_samples import populated_metrics
+
 from monitor.config import reference_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
