@@ -5,13 +5,9 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from monitor.stream.alerts import (
-    DetectorIdentity,
-    alert_payload,
-    cap_context,
-    dead_letter_headers,
-)
+from monitor.stream.alerts import DetectorIdentity, alert_payload, dead_letter_headers
 from monitor.stream.drift import DriftWindow
+from monitor.stream.records import cap_context
 
 IDENT = DetectorIdentity("digits", "3", "kld", 0.5, "abcd", 0.25)
 

@@ -43,33 +43,6 @@ class DetectorIdentity:
         }
 
 
-def cap_context(context: dict[str, Any], max_bytes: int) -> dict[str, Any]:
-    """Keep the record's context fields while they fit in ``max_bytes`` of JSON.
-
-    Fields are kept whole or dropped (in their original order), and the alert says how
-    many were dropped, so a subscriber never sees a silently cut value.
-    """
-    if max_bytes <= 0 or not context:
-        return {}
-    kept: dict[str, Any] = {}
-    used = 2
-    dropped = 0
-    for key, value in context.items():
-        try:
-            size = len(orjson.dumps({key: value}))
-        except TypeError:
-            dropped += 1
-            continue
-        if used + size <= max_bytes:
-            kept[key] = value
-            used += size
-        else:
-            dropped += 1
-    if dropped:
-        kept["_dropped_fields"] = dropped
-    return kept
-
-
 def alert_payload(
     *,
     record_id: str,

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry
 from monitor.config import WorkerConfig
 from monitor.http import HealthServer
 from monitor.metrics import WorkerMetrics
-from monitor.stream.alerts import alert_payload, cap_context, dead_letter_headers, drift_payload
+from monitor.stream.alerts import alert_payload, dead_letter_headers, drift_payload
 from monitor.stream.batcher import Batcher
 from monitor.stream.checkpoint import (
     TP,
@@ -53,7 +53,7 @@ from monitor.stream.records import (
     RecordFormat,
     record_identity,
 )
-from monitor.stream.scoring import DetectorHandle
+from monitor.stream.scoring import BatchScores, DetectorHandle
 from monitor.stream.topics import ensure_topics
 
 log = logging.getLogger("monitor.worker")
@@ -76,6 +76,32 @@ class RunSummary:
     rewound_batches: int = 0
 
 
+@dataclass
+class _Processed:
+    """A batch scored and published, waiting for its commit (or transaction)."""
+
+    messages: list[Message]
+    decoded: DecodedBatch
+    scores: BatchScores | None
+    drift: list[DriftResult]
+    offsets: BatchOffsets
+    started: float
+    dead_reasons: list[str]
+
+
+def _merged(parts: list[BatchOffsets]) -> BatchOffsets:
+    """The offsets of consecutive batches as one: earliest first, latest next."""
+    if len(parts) == 1:
+        return parts[0]
+    first: dict[TP, int] = {}
+    nxt: dict[TP, int] = {}
+    for part in parts:
+        for tp, offset in part.first.items():
+            first.setdefault(tp, offset)
+        nxt.update(part.next)
+    return BatchOffsets(first, nxt)
+
+
 class Worker:
     """Consumes inference records, scores them in micro-batches, publishes alerts."""
 
@@ -96,6 +122,8 @@ class Worker:
         self._assigned: set[TP] = set()
         self._carry: list[Message] = []
         self.prefetcher: Prefetcher | None = None
+        self._unsettled: list[_Processed] = []
+        self._unsettled_since = 0.0
         self._dead_reasons: list[str] = []  # of the current batch; counted once it commits
         self._last_loop = time.monotonic()
         self._ready = False
@@ -194,8 +222,9 @@ class Worker:
                 if self.prefetcher is not None:
                     ready = self.prefetcher.next(IDLE_POLL_S)
                     if ready is not None:
-                        done = self._process(ready.messages, ready.decoded, ready.offsets)
-                        self.prefetcher.complete(ready.offsets, done)
+                        self._process(ready.messages, ready.decoded, ready.offsets)
+                    else:
+                        self._settle()
                 else:
                     batch = self._next_batch()
                     if batch:
@@ -203,6 +232,7 @@ class Worker:
                 self._maybe_log_summary()
                 if max_records is not None and self.summary.consumed >= max_records:
                     break
+            self._settle()  # batches of a transaction still open
             self._ready = False
             self.metrics.set_ready(False)
         self._log_summary(final=True)
@@ -239,10 +269,11 @@ class Worker:
         messages: list[Message],
         decoded: DecodedBatch | None = None,
         offsets: BatchOffsets | None = None,
-    ) -> bool:
+    ) -> bool | None:
         """Decode (unless prefetched), score, publish and commit one batch.
 
-        False when the batch was given back (rewound) instead of committed.
+        False when the batch was given back (rewound) instead of committed; None when it
+        joined a transaction that stays open for the next batch (see ``_may_extend``).
         """
         started = time.perf_counter()
         if offsets is None:
@@ -268,21 +299,60 @@ class Worker:
                 for row in np.flatnonzero(scores.flagged):
                     self._publish_alert(messages, decoded, scores, int(row))
         drift = self._check_drift(scores.scores) if scores is not None else []
-        if not self.checkpoint.commit(offsets):
-            self.summary.rewound_batches += 1
-            return False
-        self._account(messages, decoded, scores, time.perf_counter() - started)
-        for result in drift:
-            self.metrics.set_drift(result.p_value, result.drifted)
-            if result.drifted:
-                self.metrics.drift_event()
-        return True
+        if not self._unsettled:
+            self._unsettled_since = time.monotonic()
+        self._unsettled.append(
+            _Processed(messages, decoded, scores, drift, offsets, started, self._dead_reasons)
+        )
+        if self._may_extend():
+            return None
+        return self._settle()
+
+    def _may_extend(self) -> bool:
+        """Exactly-once with prefetching: let the next batch join the open transaction?
+
+        Yes while another batch is already waiting and the transaction is younger than
+        ``transaction_ms``: under a backlog, fewer and larger transactions (each costs
+        several round trips to the broker); with nothing waiting, commit at once, so a
+        steady trickle gets no extra latency.
+        """
+        return (
+            self.checkpoint.exactly_once
+            and self.prefetcher is not None
+            and self.prefetcher.ready()
+            and not self._stop.is_set()
+            and time.monotonic() - self._unsettled_since < self.config.transaction_ms / 1000.0
+        )
+
+    def _settle(self) -> bool:
+        """Commit every batch processed since the last commit (one transaction), or give
+        them all back; then count them. False when given back."""
+        batches, self._unsettled = self._unsettled, []
+        if not batches:
+            return True
+        committed = self.checkpoint.commit(_merged([b.offsets for b in batches]))
+        if committed:
+            for b in batches:
+                self._dead_reasons = b.dead_reasons
+                self._account(b.messages, b.decoded, b.scores, time.perf_counter() - b.started)
+                for result in b.drift:
+                    self.metrics.set_drift(result.p_value, result.drifted)
+                    if result.drifted:
+                        self.metrics.drift_event()
+        else:
+            self.summary.rewound_batches += len(batches)
+        if self.prefetcher is not None:
+            for b in batches:
+                self.prefetcher.complete(b.offsets, committed)
+        return committed
 
     # -- publishing ----------------------------------------------------------------------
     def _publish_alert(self, messages: list[Message], decoded: Any, scores: Any, row: int) -> None:
         message = messages[int(decoded.row_message[row])]
         row_in_message = int(decoded.row_in_message[row])
-        ident = record_identity(message, self.decoder_format, row_in_message)
+        ident = record_identity(
+            message, self.decoder_format, row_in_message, self.config.max_context_bytes
+        )
 
         ts_type, ts = message.timestamp()
         model = ident.model.as_dict() if ident.model is not None else None
@@ -297,7 +367,7 @@ class Worker:
             source_offset=message.offset(),
             source_timestamp_ms=ts if ts_type else None,
             row=row_in_message,
-            context=cap_context(ident.context, self.config.max_context_bytes),
+            context=ident.context,
             model=model,
         )
         key = ident.key if ident.key is not None else ident.id.encode()
@@ -504,14 +574,7 @@ class Worker:
             dead_letter_reasons=[str(r) for r in Reason] + [SCORING_ERROR],
             include_process=True,
         )
-        metrics.set_detector(
-            name=ident.name,
-            version=ident.version,
-            loss_type=ident.loss_type,
-            temperature=ident.temperature,
-            manifest_hash=ident.manifest_hash,
-            threshold=ident.threshold,
-        )
+        metrics.set_detector(**ident.as_dict())
         return metrics
 
     def _make_drift(self) -> DriftWindow | None:
@@ -554,14 +617,7 @@ class Worker:
         if self.handle.reload():
             ident = self.handle.identity
             self.metrics.detector_reloaded()
-            self.metrics.set_detector(
-                name=ident.name,
-                version=ident.version,
-                loss_type=ident.loss_type,
-                temperature=ident.temperature,
-                manifest_hash=ident.manifest_hash,
-                threshold=ident.threshold,
-            )
+            self.metrics.set_detector(**ident.as_dict())
         else:
             self.metrics.detector_reload_failed()
 
