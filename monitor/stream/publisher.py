@@ -79,6 +79,13 @@ class Publisher:
         failed, self._failed = self._failed, []
         return failed
 
+    def replace(self, producer: Producer) -> None:
+        """Use a new producer; nothing produced through the old one is tracked any more."""
+        self.producer = producer
+        self._in_flight = 0
+        self._failed = []
+        self.delivered = Counter()
+
     def take_failures_after_commit(self) -> list[tuple[Outgoing, KafkaError]]:
         """Forget recorded failures once a transaction settled them (committed or aborted)."""
         self.producer.poll(0)
