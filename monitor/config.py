@@ -143,6 +143,15 @@ OPTIONS: tuple[Option, ...] = (
         "Consume-score-produce in Kafka transactions: read_committed subscribers see each alert once.",
     ),
     Option(
+        "transaction_ms",
+        int,
+        100,
+        "Exactly-once with --prefetch: while more batches are already waiting, they join the "
+        "open transaction for up to this many milliseconds (fewer, larger transactions; 0 = one "
+        "per batch).",
+        minimum=0,
+    ),
+    Option(
         "transactional_id",
         str,
         "",
@@ -249,6 +258,7 @@ class WorkerConfig:
     record_format: str = "json"
     use_record_output: bool = False
     exactly_once: bool = False
+    transaction_ms: int = 100
     transactional_id: str = ""
     rate_window: int = 1000
     score_buckets: str = ""

@@ -237,6 +237,9 @@ class TransactionalCheckpoint:
         self._call(lambda: self.publisher.producer.init_transactions(self.timeout), "init")
 
     def begin(self, offsets: BatchOffsets) -> None:
+        """Open a transaction, unless one is open: then the batch joins it."""
+        if self._open:
+            return
         self._refused = None
         try:
             self.publisher.producer.begin_transaction()

@@ -139,6 +139,11 @@ class Prefetcher:
             self._cond.notify_all()
             return item
 
+    def ready(self) -> bool:
+        """True when a batch is waiting (``next`` would return it at once)."""
+        with self._cond:
+            return bool(self._queue)
+
     def complete(self, offsets: BatchOffsets, committed: bool) -> None:
         """The worker is done with a batch: committed, or given back by ``rewind``."""
         with self._cond:
