@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,20 @@ from typing import Any
 import numpy as np
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from fixtures_kafka import Consumed, _detach
-from worker_harness import ROOT, committed_offsets, json_record, wait_until
+from confluent_kafka.admin import AdminClient
+from fixtures_kafka import Consumed, _detach, create_topic, delete_topics
+from worker_harness import (
+    ROOT,
+    committed_offsets,
+    json_record,
+    metric_sum,
+    running_worker,
+    scrape,
+    wait_until,
+    worker_config,
+)
+
+from monitor.config import WorkerConfig
 
 ALO = "at-least-once"
 EOS = "exactly-once"
@@ -77,11 +90,43 @@ def read_to_end(
     return got
 
 
+@dataclass(frozen=True)
+class Alert:
+    """The parts of an alert the checks need."""
+
+    id: str
+    partition: int
+    offset: int
+
+
+def read_alerts(bootstrap: str, topic: str, read_committed: bool = True) -> list[Alert]:
+    out = []
+    for m in read_to_end(bootstrap, topic, read_committed=read_committed):
+        body = orjson.loads(m.value or b"{}")
+        out.append(Alert(body["id"], body["source"]["partition"], body["source"]["offset"]))
+    return out
+
+
 def alert_ids(bootstrap: str, topic: str, read_committed: bool = True) -> Counter[str]:
     """How many times each record id arrived on the alert topic."""
-    return Counter(
-        orjson.loads(m.value or b"{}")["id"]
-        for m in read_to_end(bootstrap, topic, read_committed=read_committed)
+    return Counter(a.id for a in read_alerts(bootstrap, topic, read_committed))
+
+
+# A crash window: per partition, [committed offset, end offset) when the worker died.
+# Only records in it may have been processed without their offsets being committed.
+CrashWindow = dict[int, tuple[int, int]]
+
+
+def _outside_windows(alerts: Sequence[Alert], windows: Sequence[CrashWindow]) -> list[str]:
+    """Ids of duplicated alerts whose record was in no crash window."""
+    counts = Counter(a.id for a in alerts)
+    return sorted(
+        {
+            a.id
+            for a in alerts
+            if counts[a.id] > 1
+            and not any(w[a.partition][0] <= a.offset < w[a.partition][1] for w in windows)
+        }
     )
 
 
@@ -106,6 +151,10 @@ class Traffic:
     def head(self, n: int) -> Traffic:
         """The first ``n`` records (what a stopped trickle produced)."""
         return Traffic(self.ids[:n], self.instances[:n], self.flagged & frozenset(self.ids[:n]))
+
+    def tail(self, n: int) -> Traffic:
+        """The records from the ``n``-th on."""
+        return Traffic(self.ids[n:], self.instances[n:], self.flagged & frozenset(self.ids[n:]))
 
 
 def make_traffic(detector_dir: Path, instances: np.ndarray, prefix: str = "r") -> Traffic:
@@ -207,7 +256,9 @@ class FaultReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     duplicated: int = 0
-    notes: str = ""
+    unexplained_duplicates: list[str] = field(default_factory=list)
+    in_crash_windows: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_alerts(
@@ -216,10 +267,16 @@ class FaultReport:
         mode: str,
         faults: int,
         traffic: Traffic,
-        seen: Counter[str],
+        alerts: Sequence[Alert],
         scored: int,
-        notes: str = "",
+        windows: Sequence[CrashWindow] = (),
     ) -> FaultReport:
+        """Compare what arrived with what the detector flags offline.
+
+        Duplicates are unexplained unless their record lay in a crash window (only
+        meaningful when the scenario recorded its windows).
+        """
+        seen = Counter(a.id for a in alerts)
         return cls(
             scenario=scenario,
             mode=mode,
@@ -231,7 +288,8 @@ class FaultReport:
             missing=sorted(traffic.flagged - set(seen)),
             unexpected=sorted(set(seen) - traffic.flagged),
             duplicated=sum(n - 1 for n in seen.values()),
-            notes=notes,
+            unexplained_duplicates=_outside_windows(alerts, windows),
+            in_crash_windows=sum(hi - lo for w in windows for lo, hi in w.values()),
         )
 
     def row(self) -> list[str]:
@@ -279,6 +337,27 @@ class Setup:
         "transaction.timeout.ms=10000",
     )
 
+    def config(self, transactional_id: str = "w0", **changes: Any) -> WorkerConfig:
+        """The same settings as ``args``, for a worker in a thread of this process."""
+        eos = self.mode == EOS
+        settings: dict[str, Any] = {
+            "max_batch_size": self.batch_size,
+            "max_batch_wait_ms": 20,
+            "exactly_once": eos,
+            "transactional_id": f"{self.group}-{transactional_id}" if eos else "",
+            "kafka": dict(o.split("=", 1) for o in self.kafka_options),
+        }
+        settings.update(changes)
+        return worker_config(
+            self.bootstrap,
+            self.detector,
+            self.input_topic,
+            self.alert_topic,
+            self.dead_letter_topic,
+            self.group,
+            **settings,
+        )
+
     def args(self, transactional_id: str = "w0") -> list[str]:
         args = [
             "--bootstrap-servers", self.bootstrap, "--input-topic", self.input_topic,
@@ -293,8 +372,28 @@ class Setup:
             args += ["--exactly-once", "--transactional-id", f"{self.group}-{transactional_id}"]
         return args
 
-    def committed(self) -> int:
+    def crash_window(self) -> CrashWindow:
+        """Committed and end offsets per partition, right after a worker died."""
         offsets = committed_offsets(self.bootstrap, self.group, self.input_topic, self.partitions)
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group})
+        try:
+            ends = [
+                consumer.get_watermark_offsets(TopicPartition(self.input_topic, p), timeout=10)[1]
+                for p in range(self.partitions)
+            ]
+        finally:
+            consumer.close()
+        return {p: (max(offsets[p], 0), ends[p]) for p in range(self.partitions)}
+
+    def committed(self, unsettled: int = -1) -> int:
+        """Records committed so far; ``unsettled`` while a dead worker's transaction
+        still holds the offsets (a read_committed offset fetch waits for it to end)."""
+        try:
+            offsets = committed_offsets(
+                self.bootstrap, self.group, self.input_topic, self.partitions
+            )
+        except KafkaException:
+            return unsettled
         return sum(max(o, 0) for o in offsets)
 
 
@@ -354,13 +453,17 @@ class Workers:
 
 
 def report(
-    setup: Setup, scenario: str, faults: int, traffic: Traffic, notes: str = ""
+    setup: Setup,
+    scenario: str,
+    faults: int,
+    traffic: Traffic,
+    windows: Sequence[CrashWindow] = (),
 ) -> FaultReport:
     """Read the outputs back; records committed and not dead-lettered count as scored."""
-    seen = alert_ids(setup.bootstrap, setup.alert_topic)
+    alerts = read_alerts(setup.bootstrap, setup.alert_topic)
     dead = len(read_to_end(setup.bootstrap, setup.dead_letter_topic))
     return FaultReport.from_alerts(
-        scenario, setup.mode, faults, traffic, seen, setup.committed() - dead, notes
+        scenario, setup.mode, faults, traffic, alerts, setup.committed() - dead, windows
     )
 
 
@@ -381,6 +484,7 @@ def kill_and_restart(
     same transactional id; the last one drains the topic and stops with SIGTERM.
     ``traffic`` must be long enough to last ``rate`` records/s through all the kills.
     """
+    windows: list[CrashWindow] = []
     with (
         Trickle(setup.bootstrap, setup.input_topic, traffic, rate) as trickle,
         Workers(log_dir) as workers,
@@ -395,6 +499,8 @@ def kill_and_restart(
             )
             time.sleep(rng.uniform(0.0, max_delay))
             workers.sigkill(proc)
+            if setup.mode == ALO:  # (in exactly-once mode no duplicate is allowed at all)
+                windows.append(setup.crash_window())
         trickle.stop()
         produced = trickle.finish()
         proc = workers.start(setup.args(), "last")
@@ -404,7 +510,7 @@ def kill_and_restart(
             "the last incarnation to drain the topic",
         )
         workers.stop(proc)
-    return report(setup, "SIGKILL + restart", kills, traffic.head(produced))
+    return report(setup, "SIGKILL + restart", kills, traffic.head(produced), windows)
 
 
 def survivor_takes_over(
@@ -431,6 +537,7 @@ def survivor_takes_over(
         wait_until(lambda: setup.committed() > before, 60, "both workers processing")
         time.sleep(rng.uniform(0.0, 1.0))
         workers.sigkill(victim)
+        windows = [setup.crash_window()] if setup.mode == ALO else []
         time.sleep(2.0)  # records keep arriving on the victim's partitions too
         trickle.stop()
         produced = trickle.finish()
@@ -440,7 +547,104 @@ def survivor_takes_over(
             "the survivor to finish the topic",
         )
         workers.stop(survivor)
-    return report(setup, "2 workers, 1 SIGKILLed", 1, traffic.head(produced))
+    return report(setup, "2 workers, 1 SIGKILLed", 1, traffic.head(produced), windows)
+
+
+P = "distillation_monitor_"
+
+
+def broker_restart(
+    setups: Sequence[Setup],
+    traffic: Traffic,
+    restart: Callable[[], object],
+    rate: float = 100.0,
+    after_s: float = 3.0,
+) -> list[FaultReport]:
+    """Workers (threads, one per setup) ride out a broker restart while records stream in.
+
+    ``extra`` holds what each worker's metrics say about it: client errors reported by
+    librdkafka and broker disconnects seen in its statistics.
+    """
+    with ExitStack() as stack:
+        workers = [
+            stack.enter_context(running_worker(s.config(stats_interval_ms=500))) for s in setups
+        ]
+        trickles = [
+            stack.enter_context(Trickle(s.bootstrap, s.input_topic, traffic, rate)) for s in setups
+        ]
+        for s in setups:
+            wait_until(lambda: s.committed() > 0, 60, "processing before the restart")  # noqa: B023
+        restart()
+        back = time.monotonic()
+        time.sleep(after_s)  # records keep arriving after the broker is back
+        produced = []
+        for t in trickles:
+            t.stop()
+            produced.append(t.finish())
+        caught_up = []
+        for s, n in zip(setups, produced, strict=True):
+            wait_until(lambda: s.committed() >= n, 180, "processing after the restart")  # noqa: B023
+            caught_up.append(time.monotonic() - back)
+        seen = [scrape(w.metrics_port or 0) for w in workers]
+    reports = []
+    for s, n, metrics, took in zip(setups, produced, seen, caught_up, strict=True):
+        r = report(s, "broker restart", 1, traffic.head(n))
+        r.extra = {
+            "caught_up_s": round(took, 1),
+            "broker_errors": metric_sum(metrics, P + "broker_errors_total"),
+            "broker_disconnects": metric_sum(metrics, P + "broker_disconnects_total"),
+            "aborted_transactions": metric_sum(
+                metrics, P + "transactions_total", outcome="aborted"
+            ),
+        }
+        reports.append(r)
+    return reports
+
+
+def alert_topic_outage(
+    setup: Setup, traffic: Traffic, admin: AdminClient, outage_s: float = 6.0
+) -> FaultReport:
+    """The alert topic is deleted under a running worker and recreated ``outage_s`` later.
+
+    ``extra``: ``held`` is 1 when no offset moved during the outage (the records
+    produced meanwhile all wait for their alerts), ``failures`` counts failed alert
+    deliveries (at-least-once) or aborted transactions (exactly-once).
+    """
+    half = len(traffic) // 2
+    config = setup.config(
+        kafka={
+            **dict(o.split("=", 1) for o in setup.kafka_options),
+            "message.timeout.ms": "3000",
+        }
+    )
+    with running_worker(config) as worker:
+        produce(setup.bootstrap, setup.input_topic, traffic.records(0, half))
+        wait_until(lambda: setup.committed() >= half, 60, "the first half")
+        delete_topics(admin, [setup.alert_topic])
+        wait_until(
+            lambda: setup.alert_topic not in admin.list_topics(timeout=10).topics, 30, "deletion"
+        )
+        produce(setup.bootstrap, setup.input_topic, traffic.records(half))
+        time.sleep(outage_s)
+        during = setup.committed()
+        metrics = scrape(worker.metrics_port or 0)
+        create_topic(admin, setup.alert_topic, setup.partitions)
+        wait_until(lambda: setup.committed() >= len(traffic), 120, "the second half")
+    r = report(setup, "alert topic deleted + recreated", 1, traffic.tail(half))
+    r.scored -= half  # the first half's alerts went down with the deleted topic
+    failures = (
+        metric_sum(metrics, P + "transactions_total", outcome="aborted")
+        if setup.mode == EOS
+        else metric_sum(metrics, P + "alert_publish_failures_total")
+    )
+    r.extra = {"held": float(during == half), "failures": failures}
+    return r
+
+
+def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]]) -> None:
+    from fixtures_kafka import produce_messages
+
+    produce_messages(bootstrap, topic, records)
 
 
 def run_many(jobs: Sequence[Callable[[], FaultReport]]) -> list[FaultReport]:

@@ -1,0 +1,268 @@
+"""Fault tests: crashes, a lost group member, unwritable outputs, poison and a broker restart.
+
+Every test checks by id what a ``read_committed`` subscriber of the alert topic sees:
+nothing missing, nothing unexpected, no duplicates in exactly-once mode, and in
+at-least-once mode only the duplicates the crashed batches can explain (their count is
+printed). The broker restart touches the shared broker, so it is short and runs last.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka.admin import AdminClient
+from fault_scenarios import (
+    ALO,
+    EOS,
+    MODES,
+    FaultReport,
+    P,
+    Setup,
+    alert_ids,
+    alert_topic_outage,
+    broker_restart,
+    kill_and_restart,
+    make_traffic,
+    read_to_end,
+    run_many,
+    survivor_takes_over,
+    tiny_instances,
+)
+from fixtures_kafka import produce_messages
+from poison_corpus import poison_corpus
+from worker_harness import metric_sum, running_worker, scrape, wait_until
+
+from monitor.stream.records import InputSpec
+from monitor.stream.worker import Worker
+
+pytestmark = [pytest.mark.kafka, pytest.mark.faults]
+POISON_LIMIT = 65_536  # the worker's --max-message-bytes in the poison test
+
+BATCH = 16  # small batches: many commits, so kills land at varied points
+
+
+def setup_for(
+    bootstrap: str, make_topic: Any, group: str, detector: Path, mode: str, partitions: int
+) -> Setup:
+    return Setup(
+        bootstrap=bootstrap,
+        detector=detector,
+        input_topic=make_topic(partitions),
+        alert_topic=make_topic(partitions, "alerts"),
+        dead_letter_topic=make_topic(1, "dlq"),
+        group=group,
+        partitions=partitions,
+        mode=mode,
+        batch_size=BATCH,
+    )
+
+
+def check_delivery(report: FaultReport, lost_partitions: bool = False) -> None:
+    """Nothing lost; duplicates only in at-least-once mode, and only of records that were
+    in flight (past the committed offset) when a worker died. When an outage made workers
+    lose their partitions (``lost_partitions``), at-least-once duplicates of the batches
+    in flight then are expected too, and only counted."""
+    print(
+        f"\n{report.scenario} [{report.mode}]: {report.faults} faults, {report.produced} "
+        f"records, {report.expected_flagged} flagged, {report.delivered} alerts, "
+        f"{len(report.missing)} missing, {report.duplicated} duplicated "
+        f"({report.in_crash_windows} records were in flight at the crashes)"
+    )
+    assert report.missing == [], f"{len(report.missing)} flagged records never alerted"
+    assert report.unexpected == []
+    assert report.scored == report.produced
+    if report.mode == EOS:
+        assert report.duplicated == 0
+    elif not lost_partitions:
+        assert report.unexplained_duplicates == []
+
+
+def test_sigkill_at_random_points_then_restart_loses_nothing(
+    kafka_bootstrap: str,
+    make_topic: Any,
+    saved_detector_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Both modes side by side (separate topics and groups), three kills each."""
+    kills = 3
+    traffic = make_traffic(saved_detector_dir, tiny_instances(20_000, seed=3))
+    jobs = []
+    for mode in MODES:
+        group = f"kills-{mode}-{uuid.uuid4().hex[:8]}"
+        setup = setup_for(kafka_bootstrap, make_topic, group, saved_detector_dir, mode, 2)
+        jobs.append(
+            functools.partial(
+                kill_and_restart, setup, traffic, kills, random.Random(mode), tmp_path / mode
+            )
+        )
+    for report in run_many(jobs):
+        check_delivery(report)
+
+
+def test_survivor_takes_over_the_partitions_of_a_sigkilled_worker(
+    kafka_bootstrap: str,
+    make_topic: Any,
+    unique_group: str,
+    saved_detector_dir: Path,
+    tmp_path: Path,
+) -> None:
+    setup = setup_for(kafka_bootstrap, make_topic, unique_group, saved_detector_dir, EOS, 4)
+    traffic = make_traffic(saved_detector_dir, tiny_instances(2000, seed=4))
+    report = survivor_takes_over(setup, traffic, random.Random(4), tmp_path)
+    check_delivery(report)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_deleted_alert_topic_holds_the_commit_until_it_is_back(
+    kafka_bootstrap: str,
+    make_topic: Any,
+    kafka_admin: AdminClient,
+    unique_group: str,
+    saved_detector_dir: Path,
+    mode: str,
+) -> None:
+    setup = setup_for(kafka_bootstrap, make_topic, unique_group, saved_detector_dir, mode, 1)
+    traffic = make_traffic(saved_detector_dir, tiny_instances(120, seed=5))
+    report = alert_topic_outage(setup, traffic, kafka_admin)
+    check_delivery(report)
+    assert report.extra["held"] == 1, "offsets moved while alerts could not be delivered"
+    assert report.extra["failures"] >= 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_poison_corpus_is_dead_lettered_with_reasons_and_every_good_neighbour_is_scored(
+    kafka_bootstrap: str,
+    make_topic: Any,
+    unique_group: str,
+    saved_detector_dir: Path,
+    mode: str,
+) -> None:
+    spec = InputSpec(shape=(8,), n_classes=3, max_message_bytes=POISON_LIMIT)
+    corpus = poison_corpus(spec)
+    traffic = make_traffic(saved_detector_dir, tiny_instances(2 * len(corpus) + 2, seed=6))
+    good = traffic.records()
+    records: list[Any] = []
+    for i, case in enumerate(corpus):  # every poison between two good records
+        records += [good[2 * i], (f"poison-{case.name}".encode(), case.value, case.headers)]
+    records += good[2 * len(corpus) :]
+    setup = setup_for(kafka_bootstrap, make_topic, unique_group, saved_detector_dir, mode, 2)
+    produce_messages(kafka_bootstrap, setup.input_topic, records)
+    goods = sum(1 for r in records if not r[0].startswith(b"poison-"))
+    config = setup.config(record_format="auto", max_message_bytes=POISON_LIMIT)
+    with running_worker(config) as worker:
+        wait_until(lambda: setup.committed() >= len(records), 90, "the corpus processed")
+        metrics = scrape(worker.metrics_port or 0)
+    dead = {m.key: dict(m.headers) for m in read_to_end(kafka_bootstrap, setup.dead_letter_topic)}
+    expected = {f"poison-{c.name}".encode(): str(c.reason).encode() for c in corpus}
+    assert {k: h["dmon.reason"] for k, h in dead.items()} == expected
+    assert all(h["dmon.error"] for h in dead.values()), "every dead letter says why"
+    assert metric_sum(metrics, P + "records_scored_total") == goods
+    assert metric_sum(metrics, P + "records_dead_lettered_total") == len(corpus)
+    flagged = {k.decode() for k, *_ in records if k.decode() in traffic.flagged}
+    seen = alert_ids(kafka_bootstrap, setup.alert_topic)
+    assert set(seen) == flagged
+
+
+def test_a_backlog_is_worked_off_with_bounded_queues(
+    kafka_bootstrap: str,
+    make_topic: Any,
+    unique_group: str,
+    saved_detector_dir: Path,
+) -> None:
+    """librdkafka's prefetch queue, the open batch and the records awaiting acknowledgement
+    stay within their configured bounds however large the backlog (a smaller version of
+    the million-record backlog in bench/faults.py)."""
+    n, batch, queue_kb, fetch_kb = 20_000, 64, 256, 64
+    setup = setup_for(kafka_bootstrap, make_topic, unique_group, saved_detector_dir, ALO, 2)
+    traffic = make_traffic(saved_detector_dir, tiny_instances(n, seed=7))
+    n = len(traffic)  # (rows too close to the threshold to call were dropped)
+    # Small record batches: a fetch returns at least one whole batch, whatever its size.
+    produce_messages(
+        kafka_bootstrap, setup.input_topic, traffic.records(), config={"batch.size": 16_384}
+    )
+    config = setup.config(
+        max_batch_size=batch,
+        stats_interval_ms=100,
+        kafka={
+            "queued.max.messages.kbytes": str(queue_kb),
+            "max.partition.fetch.bytes": str(fetch_kb * 1024),
+        },
+    )
+    worker = Worker(config, handle_signals=False)
+    peaks = Counter[str]()
+    on_stats = worker._on_stats
+
+    def sample(stats_json: str) -> None:  # librdkafka's own view of its queues
+        stats = orjson.loads(stats_json)
+        # Each partition's fetch queue is forwarded to the one consumer queue, and every
+        # partition reports that queue's size: take one, not the sum.
+        queued = max(
+            (
+                part.get("fetchq_size", 0)
+                for topic in stats.get("topics", {}).values()
+                for part in topic.get("partitions", {}).values()
+            ),
+            default=0,
+        )
+        peaks["fetch_queue_bytes"] = max(peaks["fetch_queue_bytes"], queued)
+        on_stats(stats_json)
+
+    worker._on_stats = sample  # type: ignore[method-assign]
+    thread = threading.Thread(target=worker.run, kwargs={"max_records": n}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while thread.is_alive() and time.monotonic() < deadline:  # the worker's own queues
+        peaks["open_batch"] = max(peaks["open_batch"], len(worker.batcher))
+        publisher = getattr(worker, "publisher", None)
+        if publisher is not None:
+            peaks["unacknowledged"] = max(peaks["unacknowledged"], publisher.in_flight)
+        time.sleep(0.001)
+    assert not thread.is_alive(), "the backlog was not worked off in time"
+    print(f"\nbacklog of {n}: peaks {dict(peaks)}")
+    assert worker.summary.consumed == n and worker.summary.scored == n
+    assert setup.committed() == n
+    assert peaks["fetch_queue_bytes"] > 0, "statistics were sampled while records queued"
+    # One fetch per partition may land on top of a nearly full queue.
+    assert peaks["fetch_queue_bytes"] <= (queue_kb + setup.partitions * fetch_kb) * 1024
+    assert peaks["open_batch"] <= batch
+    assert peaks["unacknowledged"] <= batch
+
+
+# Keep this test last: it restarts the broker every other test shares.
+def test_workers_ride_out_a_broker_restart_and_report_it(
+    kafka_bootstrap: str,
+    make_topic: Any,
+    saved_detector_dir: Path,
+    restart_broker: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    setups = [
+        setup_for(
+            kafka_bootstrap,
+            make_topic,
+            f"restart-{mode}-{uuid.uuid4().hex[:8]}",
+            saved_detector_dir,
+            mode,
+            2,
+        )
+        for mode in MODES
+    ]
+    traffic = make_traffic(saved_detector_dir, tiny_instances(20_000, seed=8))
+    caplog.set_level(logging.WARNING, logger="monitor")
+    reports = broker_restart(setups, traffic, restart_broker)
+    for report in reports:
+        check_delivery(report, lost_partitions=True)
+        print(f"  {report.mode}: {report.extra}")
+        assert report.extra["broker_disconnects"] + report.extra["broker_errors"] > 0
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("monitor"))
+    assert "Kafka: " in logged or "consumer error" in logged, "the outage was not logged"
