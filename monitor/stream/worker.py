@@ -694,6 +694,11 @@ class Worker:
             previous = signal.signal(sig, handler)
             stack.callback(signal.signal, sig, previous)
 
+    @property
+    def producer(self) -> Producer:
+        """The current producer (exactly-once mode may replace a stuck one)."""
+        return self.publisher.producer
+
     def _new_producer(self) -> Producer:
         return Producer({**self.config.producer_conf(), "error_cb": self._on_kafka_error})
 
