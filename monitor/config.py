@@ -109,6 +109,15 @@ OPTIONS: tuple[Option, ...] = (
         "committed (uses a second core; --no-prefetch: one thread does everything in turn).",
     ),
     Option(
+        "transaction_ms",
+        int,
+        100,
+        "Exactly-once with --prefetch: while more batches are already waiting, they join the "
+        "open transaction for up to this many milliseconds (fewer, larger transactions; with "
+        "nothing waiting it commits at once; 0 = one transaction per batch).",
+        minimum=0,
+    ),
+    Option(
         "metrics_host",
         str,
         "127.0.0.1",
@@ -141,15 +150,6 @@ OPTIONS: tuple[Option, ...] = (
         bool,
         False,
         "Consume-score-produce in Kafka transactions: read_committed subscribers see each alert once.",
-    ),
-    Option(
-        "transaction_ms",
-        int,
-        100,
-        "Exactly-once with --prefetch: while more batches are already waiting, they join the "
-        "open transaction for up to this many milliseconds (fewer, larger transactions; 0 = one "
-        "per batch).",
-        minimum=0,
     ),
     Option(
         "transactional_id",
@@ -253,12 +253,12 @@ class WorkerConfig:
     max_batch_size: int = 512
     max_batch_wait_ms: int = 100
     prefetch: bool = True
+    transaction_ms: int = 100
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
     record_format: str = "json"
     use_record_output: bool = False
     exactly_once: bool = False
-    transaction_ms: int = 100
     transactional_id: str = ""
     rate_window: int = 1000
     score_buckets: str = ""

@@ -314,7 +314,8 @@ class Worker:
         Yes while another batch is already waiting and the transaction is younger than
         ``transaction_ms``: under a backlog, fewer and larger transactions (each costs
         several round trips to the broker); with nothing waiting, commit at once, so a
-        steady trickle gets no extra latency.
+        steady trickle gets no extra latency. (At-least-once commits every batch: its
+        commits are asynchronous and cheap, and a crash then re-processes one batch.)
         """
         return (
             self.checkpoint.exactly_once
