@@ -198,6 +198,9 @@ def test_a_zombie_with_the_same_transactional_id_is_fenced_and_stops(
         )
         with running_worker(cfg) as successor:
             # The successor's init_transactions fenced the zombie; its next batch must fail.
+            # (Wait until it has joined: records sent before that may still be committed
+            # by the zombie, which would then have nothing left to fail on.)
+            wait_until(lambda: successor._ready, 60, "the successor to join the group")
             second = records(traffic, "b")
             produce_messages(kafka_bootstrap, inp, second)
             wait_until(lambda: zombie.poll() is not None, 60, "the zombie to stop")
