@@ -1,0 +1,257 @@
+"""The prefetch thread: order, bounded memory, rewinds, revokes and queued commits.
+
+A fake consumer stands in for confluent-kafka (partition logs, positions, pause/resume,
+seek, commits); rebalance callbacks are simulated by calling ``release`` from inside
+``consume``, on the prefetch thread, as confluent-kafka does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Message, TopicPartition
+
+from monitor.stream.batcher import Batcher
+from monitor.stream.checkpoint import TP
+from monitor.stream.prefetch import Prefetcher, Prepared
+
+TOPIC = "in"
+
+
+class FakeConsumer:
+    """Partition logs read from a position, like a subscribed consumer."""
+
+    def __init__(self, sizes: dict[int, int]) -> None:
+        self.logs = {p: n for p, n in sizes.items()}
+        self.position = {p: 0 for p in sizes}
+        self.paused: set[int] = set()
+        self.seeks: list[tuple[int, int]] = []
+        self.commits: list[list[tuple[int, int]]] = []
+        self.consume_calls = 0
+        self.threads: set[str] = set()
+        self.during_consume: Callable[[], None] | None = None
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        self.threads.add(threading.current_thread().name)
+        self.consume_calls += 1
+        hook, self.during_consume = self.during_consume, None
+        if hook is not None:
+            hook()  # a rebalance callback runs inside consume()
+        out: list[Message] = []
+        for p in sorted(self.logs):
+            while p not in self.paused and self.position[p] < self.logs[p]:
+                if len(out) >= num_messages:
+                    return out
+                off = self.position[p]
+                out.append(Message(topic=TOPIC, partition=p, offset=off, value=b"%d" % off))
+                self.position[p] += 1
+        if not out:
+            time.sleep(min(max(timeout, 0.0), 0.01))
+        return out
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(TOPIC, p) for p in sorted(self.logs)]
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused.update(tp.partition for tp in partitions)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused.difference_update(tp.partition for tp in partitions)
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.seeks.append((tp.partition, tp.offset))
+        self.position[tp.partition] = tp.offset
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.commits.append([(tp.partition, tp.offset) for tp in offsets])
+
+    def consumer_group_metadata(self) -> object:
+        return ("group", self.consume_calls)
+
+
+def offsets_of(messages: list[Message]) -> list[tuple[int, int]]:
+    return [(m.partition() or 0, m.offset() or 0) for m in messages]
+
+
+def make(
+    consumer: FakeConsumer,
+    batch: int = 4,
+    depth: int = 2,
+    assigned: Callable[[TP], bool] = lambda _tp: True,
+    **kw: Any,
+) -> Prefetcher:
+    prefetcher = Prefetcher(
+        consumer,  # type: ignore[arg-type]
+        Batcher(batch, 0.01),
+        lambda messages: offsets_of(messages),  # type: ignore[arg-type,return-value]
+        lambda messages: messages,
+        assigned,
+        lambda exc: None,
+        depth=depth,
+        **kw,
+    )
+    prefetcher.start()
+    return prefetcher
+
+
+def take(prefetcher: Prefetcher, timeout: float = 5.0) -> Prepared:
+    item = prefetcher.next(timeout)
+    assert item is not None, "no batch within the timeout"
+    return item
+
+
+@pytest.fixture
+def stop_after() -> Any:
+    started: list[Prefetcher] = []
+    yield started.append
+    for p in started:
+        p.stop()
+
+
+def test_batches_arrive_decoded_in_consumption_order_with_their_offsets(stop_after: Any) -> None:
+    consumer = FakeConsumer({0: 10})
+    prefetcher = make(consumer, batch=4)
+    stop_after(prefetcher)
+    seen = []
+    for _ in range(3):
+        item = take(prefetcher)
+        assert item.decoded == offsets_of(item.messages)  # type: ignore[comparison-overlap]
+        assert item.offsets.first == {(TOPIC, 0): item.messages[0].offset()}
+        assert item.offsets.next == {(TOPIC, 0): (item.messages[-1].offset() or 0) + 1}
+        seen += offsets_of(item.messages)
+        prefetcher.complete(item.offsets, committed=True)
+    assert seen == [(0, i) for i in range(10)]
+
+
+def test_no_more_than_depth_batches_wait_and_the_group_is_still_served(
+    stop_after: Any,
+) -> None:
+    consumer = FakeConsumer({0: 100_000})
+    prefetcher = make(consumer, batch=8, depth=2, stall_s=0.05)
+    stop_after(prefetcher)
+    time.sleep(0.5)  # the worker takes nothing meanwhile
+    assert prefetcher.held <= 2 * 8 + 8 + 100  # queue + open batch + one paused poll
+    assert consumer.paused == {0}, "a stuck worker must pause fetching"
+    calls = consumer.consume_calls
+    time.sleep(0.2)
+    assert consumer.consume_calls > calls, "consume() must keep being called while paused"
+    take(prefetcher)
+    for _ in range(200):
+        if not consumer.paused:
+            break
+        time.sleep(0.01)
+    assert consumer.paused == set(), "fetching resumes once the worker takes batches again"
+
+
+def test_rewind_goes_back_to_the_first_record_not_completed_and_drops_the_queue(
+    stop_after: Any,
+) -> None:
+    consumer = FakeConsumer({0: 40, 1: 40})
+    prefetcher = make(consumer, batch=4, depth=2)
+    stop_after(prefetcher)
+    done = take(prefetcher)
+    prefetcher.complete(done.offsets, committed=True)
+    failed = take(prefetcher)
+    time.sleep(0.1)  # let more batches queue up behind it
+    prefetcher.rewind()
+    prefetcher.complete(failed.offsets, committed=False)
+    again = take(prefetcher)
+    assert offsets_of(again.messages)[0] == offsets_of(failed.messages)[0]
+    for tp, first in failed.offsets.first.items():
+        assert (tp[1], first) in consumer.seeks
+    assert consumer.threads == {"prefetch"}, "only the prefetch thread touches the consumer"
+
+
+def test_a_revoke_waits_for_the_batches_handed_out_then_forgets_the_partition(
+    stop_after: Any,
+) -> None:
+    consumer = FakeConsumer({0: 1000})
+    prefetcher = make(consumer, batch=4, depth=1, stall_s=0.05, revoke_grace_s=10.0)
+    stop_after(prefetcher)
+    in_progress = take(prefetcher)
+    for _ in range(300):
+        if prefetcher.ready():
+            break
+        time.sleep(0.01)
+    released: list[int] = []
+
+    def revoke() -> None:  # runs on the prefetch thread, inside consume()
+        released.append(prefetcher.release({(TOPIC, 0)}))
+        del consumer.logs[0]  # the consumer no longer returns the partition
+
+    consumer.during_consume = revoke  # the next consume(): while paused, the queue full
+    time.sleep(0.3)
+    assert not released, "the revoke must wait for the batch the worker holds"
+    prefetcher.complete(in_progress.offsets, committed=True)
+    queued = take(prefetcher)  # queued before the revoke: still ours to finish
+    time.sleep(0.2)
+    assert not released, "the revoke must wait for the queued batch too"
+    prefetcher.complete(queued.offsets, committed=True)
+    for _ in range(300):
+        if released:
+            break
+        time.sleep(0.01)
+    assert released, "the revoke completes once the worker has finished its batches"
+    assert prefetcher.next(0.3) is None, "nothing of the revoked partition is handed out"
+
+
+def test_a_revoke_gives_up_waiting_after_its_grace_and_rewinds(stop_after: Any) -> None:
+    owned = {(TOPIC, 0), (TOPIC, 1)}
+    consumer = FakeConsumer({0: 1000, 1: 1000})
+    prefetcher = make(consumer, batch=4, depth=1, revoke_grace_s=0.2, assigned=owned.__contains__)
+    stop_after(prefetcher)
+    stuck = take(prefetcher)  # never completed in time: alerts undeliverable, say
+    done: list[bool] = []
+
+    def revoke() -> None:
+        prefetcher.release({(TOPIC, 1)})
+        owned.discard((TOPIC, 1))
+        del consumer.logs[1]
+        done.append(True)
+
+    consumer.during_consume = revoke
+    for _ in range(300):
+        if done:
+            break
+        time.sleep(0.01)
+    assert done, "the revoke must not wait for ever"
+    prefetcher.complete(stuck.offsets, committed=False)  # the checkpoint gave it back
+    again = take(prefetcher)
+    assert offsets_of(again.messages)[0] == offsets_of(stuck.messages)[0]
+    assert all(p == 0 for p, _ in offsets_of(again.messages)), "partition 1 is gone"
+
+
+def test_commits_are_sent_by_the_prefetch_thread_in_order(stop_after: Any) -> None:
+    consumer = FakeConsumer({0: 8})
+    prefetcher = make(consumer, batch=4)
+    stop_after(prefetcher)
+    for _ in range(2):
+        item = take(prefetcher)
+        prefetcher.commit(item.offsets.commit_list())
+        prefetcher.complete(item.offsets, committed=True)
+    for _ in range(300):
+        if len(consumer.commits) == 2:
+            break
+        time.sleep(0.01)
+    assert consumer.commits == [[(0, 4)], [(0, 8)]]
+    assert consumer.threads == {"prefetch"}
+
+
+def test_an_error_on_the_thread_is_raised_by_next(stop_after: Any) -> None:
+    consumer = FakeConsumer({0: 8})
+
+    def broken() -> None:
+        raise RuntimeError("callback failed")
+
+    consumer.during_consume = broken
+    prefetcher = make(consumer)
+    stop_after(prefetcher)
+    with pytest.raises(RuntimeError, match="callback failed"):
+        for _ in range(50):
+            prefetcher.next(0.1)
