@@ -7,7 +7,6 @@ import argparse
 from monitor.demo.options import DEFAULT_DURATION, add_traffic_arguments, traffic_spec_kwargs
 
 ORDER = 81
-LOCAL = "127.0.0.1:19092"
 
 DESCRIPTION = """\
 Stream the digits demo's test images to a Kafka topic at a steady rate, a share of them
@@ -90,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
 
     from monitor.config import _kafka_from_env, _parse_kafka_pairs
     from monitor.demo import topics
+    from monitor.demo.broker import LOCAL_BOOTSTRAP
     from monitor.demo.traffic import TrafficSpec, new_run_id
     from monitor.errors import DemoError
 
     spec = TrafficSpec(**traffic_spec_kwargs(args))
     total = total_records(args)
-    bootstrap = args.bootstrap_servers or os.environ.get("DMON_BOOTSTRAP_SERVERS", LOCAL)
+    bootstrap = args.bootstrap_servers or os.environ.get("DMON_BOOTSTRAP_SERVERS", LOCAL_BOOTSTRAP)
     conf = {"bootstrap.servers": bootstrap, **_kafka_from_env(os.environ)}
     conf.update(_parse_kafka_pairs(args.kafka_option))
     if args.create_topic:

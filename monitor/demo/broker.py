@@ -7,13 +7,15 @@ path from the source checkout; an installed package without the checkout says so
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 
 from monitor.errors import DemoError
 
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "local" / "kafka.py"
-LOCAL_BOOTSTRAP = "127.0.0.1:19092"  # deploy/local/kafka.py BOOTSTRAP (a test checks)
+# deploy/local/kafka.py's BOOTSTRAP, port override included (a test checks they agree)
+LOCAL_BOOTSTRAP = f"127.0.0.1:{os.environ.get('DMON_LOCAL_KAFKA_PORT', '19092')}"
 
 
 def local_kafka() -> ModuleType:
