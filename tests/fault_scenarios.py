@@ -212,7 +212,15 @@ class Trickle:
             ahead = i / self.rate - (time.monotonic() - started)
             if ahead > 0 and self._stop.wait(ahead):
                 return
-            self._producer.produce(self._topic, value, key, on_delivery=self._delivered)
+            while True:
+                try:
+                    self._producer.produce(self._topic, value, key, on_delivery=self._delivered)
+                    break
+                except BufferError:  # librdkafka's queue is full (broker away): wait
+                    self._producer.poll(0.1)
+                except KafkaException as exc:
+                    self.errors.append(exc.args[0])
+                    return
             self._producer.poll(0)
             self.sent += 1
 
@@ -638,6 +646,54 @@ def alert_topic_outage(
         else metric_sum(metrics, P + "alert_publish_failures_total")
     )
     r.extra = {"held": float(during == half), "failures": failures}
+    return r
+
+
+POISON_LIMIT = 65_536  # the worker's --max-message-bytes in the poison scenario
+
+
+def poison_flood(setup: Setup, copies: int = 1, seed: int = 6) -> FaultReport:
+    """The poison corpus, ``copies`` times, each bad message between two good records.
+
+    ``faults`` counts the bad messages; ``extra`` says how many dead letters arrived, how
+    many carry a reason other than the corpus expects or no error text, and what the
+    worker's metrics counted.
+    """
+    from poison_corpus import poison_corpus
+
+    from monitor.stream.records import InputSpec
+
+    corpus = poison_corpus(InputSpec(shape=(8,), n_classes=3, max_message_bytes=POISON_LIMIT))
+    bad = [c for _ in range(copies) for c in corpus]
+    traffic = make_traffic(setup.detector, tiny_instances(2 * len(bad) + 2, seed=seed))
+    good = traffic.records()
+    records: list[Any] = []
+    for i, case in enumerate(bad):
+        poison = (f"poison-{i}-{case.name}".encode(), case.value, case.headers)
+        records += [good[2 * i], poison, good[2 * i + 1]]
+    records += good[2 * len(bad) :]
+    produce(setup.bootstrap, setup.input_topic, records)
+    config = setup.config(record_format="auto", max_message_bytes=POISON_LIMIT)
+    with running_worker(config) as worker:
+        wait_until(lambda: setup.committed() >= len(records), 120, "the corpus processed")
+        metrics = scrape(worker.metrics_port or 0)
+    dead = {m.key: dict(m.headers) for m in read_to_end(setup.bootstrap, setup.dead_letter_topic)}
+    expected = {f"poison-{i}-{c.name}".encode(): str(c.reason) for i, c in enumerate(bad)}
+    r = report(setup, "poison corpus", len(bad), traffic)
+    r.extra = {
+        "dead_letters": float(len(dead)),
+        "wrong_reasons": float(
+            sum(
+                1
+                for k, want in expected.items()
+                if dead.get(k, {}).get("dmon.reason") != want.encode()
+            )
+            + sum(1 for k in dead if k not in expected)
+        ),
+        "without_error": float(sum(1 for h in dead.values() if not h.get("dmon.error"))),
+        "metric_scored": metric_sum(metrics, P + "records_scored_total"),
+        "metric_dead_lettered": metric_sum(metrics, P + "records_dead_lettered_total"),
+    }
     return r
 
 

@@ -26,27 +26,21 @@ from fault_scenarios import (
     EOS,
     MODES,
     FaultReport,
-    P,
     Setup,
-    alert_ids,
     alert_topic_outage,
     broker_restart,
     kill_and_restart,
     make_traffic,
-    read_to_end,
+    poison_flood,
     run_many,
     survivor_takes_over,
     tiny_instances,
 )
 from fixtures_kafka import produce_messages
-from poison_corpus import poison_corpus
-from worker_harness import metric_sum, running_worker, scrape, wait_until
 
-from monitor.stream.records import InputSpec
 from monitor.stream.worker import Worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
-POISON_LIMIT = 65_536  # the worker's --max-message-bytes in the poison test
 
 BATCH = 16  # small batches: many commits, so kills land at varied points
 
@@ -147,30 +141,15 @@ def test_poison_corpus_is_dead_lettered_with_reasons_and_every_good_neighbour_is
     saved_detector_dir: Path,
     mode: str,
 ) -> None:
-    spec = InputSpec(shape=(8,), n_classes=3, max_message_bytes=POISON_LIMIT)
-    corpus = poison_corpus(spec)
-    traffic = make_traffic(saved_detector_dir, tiny_instances(2 * len(corpus) + 2, seed=6))
-    good = traffic.records()
-    records: list[Any] = []
-    for i, case in enumerate(corpus):  # every poison between two good records
-        records += [good[2 * i], (f"poison-{case.name}".encode(), case.value, case.headers)]
-    records += good[2 * len(corpus) :]
     setup = setup_for(kafka_bootstrap, make_topic, unique_group, saved_detector_dir, mode, 2)
-    produce_messages(kafka_bootstrap, setup.input_topic, records)
-    goods = sum(1 for r in records if not r[0].startswith(b"poison-"))
-    config = setup.config(record_format="auto", max_message_bytes=POISON_LIMIT)
-    with running_worker(config) as worker:
-        wait_until(lambda: setup.committed() >= len(records), 90, "the corpus processed")
-        metrics = scrape(worker.metrics_port or 0)
-    dead = {m.key: dict(m.headers) for m in read_to_end(kafka_bootstrap, setup.dead_letter_topic)}
-    expected = {f"poison-{c.name}".encode(): str(c.reason).encode() for c in corpus}
-    assert {k: h["dmon.reason"] for k, h in dead.items()} == expected
-    assert all(h["dmon.error"] for h in dead.values()), "every dead letter says why"
-    assert metric_sum(metrics, P + "records_scored_total") == goods
-    assert metric_sum(metrics, P + "records_dead_lettered_total") == len(corpus)
-    flagged = {k.decode() for k, *_ in records if k.decode() in traffic.flagged}
-    seen = alert_ids(kafka_bootstrap, setup.alert_topic)
-    assert set(seen) == flagged
+    report = poison_flood(setup)
+    check_delivery(report)  # every good record scored, its alert delivered, none extra
+    print(f"  {report.extra}")
+    assert report.extra["dead_letters"] == report.faults, "each bad message dead-lettered once"
+    assert report.extra["wrong_reasons"] == 0
+    assert report.extra["without_error"] == 0, "every dead letter says why"
+    assert report.extra["metric_scored"] == report.produced
+    assert report.extra["metric_dead_lettered"] == report.faults
 
 
 def test_a_backlog_is_worked_off_with_bounded_queues(
