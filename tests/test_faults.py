@@ -18,14 +18,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import fault_scenarios
 import orjson
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient, ConfigResource
 from fault_scenarios import (
     ALO,
     EOS,
     MODES,
     FaultReport,
+    P,
     Setup,
     alert_topic_outage,
     broker_restart,
@@ -37,6 +40,7 @@ from fault_scenarios import (
     tiny_instances,
 )
 from fixtures_kafka import produce_messages
+from worker_harness import metric_sum, running_worker, scrape, wait_until
 
 from monitor.stream.worker import Worker
 
@@ -215,6 +219,63 @@ def test_a_backlog_is_worked_off_with_bounded_queues(
     assert peaks["fetch_queue_bytes"] <= (queue_kb + setup.partitions * fetch_kb) * 1024
     assert peaks["open_batch"] <= batch
     assert peaks["unacknowledged"] <= batch
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_partitions_taken_away_and_given_back_while_stuck_are_processed(
+    kafka_bootstrap: str,
+    make_topic: Any,
+    kafka_admin: AdminClient,
+    unique_group: str,
+    saved_detector_dir: Path,
+    mode: str,
+) -> None:
+    """A stuck worker pauses its partitions (to stay in the group without taking records);
+    librdkafka keeps that pause across a revocation and re-assignment, so partitions that
+    a rebalance takes away and gives back meanwhile must be resumed, or they stall for
+    good. A second member joins and leaves the group while alerts cannot be delivered."""
+    setup = Setup(
+        kafka_bootstrap,
+        saved_detector_dir,
+        make_topic(4),
+        make_topic(1, "alerts", config={"max.message.bytes": "200"}),
+        make_topic(1, "dlq"),
+        unique_group,
+        4,
+        mode,
+        BATCH,
+    )
+    traffic = make_traffic(saved_detector_dir, tiny_instances(200, seed=10))
+    produce_messages(kafka_bootstrap, setup.input_topic, traffic.records())
+    with running_worker(setup.config()) as worker:
+        port = worker.metrics_port or 0
+        failures = "transactions_total" if mode == EOS else "alert_publish_failures_total"
+        wait_until(
+            lambda: metric_sum(scrape(port), P + failures) >= 2, 60, "alert delivery failing"
+        )
+        time.sleep(2.0)  # the worker has been stuck long enough to pause its partitions
+        other = Consumer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "group.id": unique_group,
+                "partition.assignment.strategy": "cooperative-sticky",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "latest",
+                "session.timeout.ms": 6000,
+            }
+        )
+        other.subscribe([setup.input_topic])
+        wait_until(lambda: (other.consume(1, 0.2), len(other.assignment()))[1] > 0, 60, "a share")
+        wait_until(lambda: len(worker._assigned) < 4, 60, "partitions taken from the worker")
+        other.close()  # leaves the group: its partitions go back to the worker
+        wait_until(lambda: len(worker._assigned) == 4, 60, "partitions given back")
+        resource = ConfigResource(
+            "topic", setup.alert_topic, set_config={"max.message.bytes": "1000000"}
+        )
+        for future in kafka_admin.alter_configs([resource]).values():
+            future.result()
+        wait_until(lambda: setup.committed() >= len(traffic), 60, "every partition processed")
+    check_delivery(fault_scenarios.report(setup, "rebalance while stuck", 1, traffic))
 
 
 # Keep this test last: it restarts the broker every other test shares.

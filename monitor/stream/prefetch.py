@@ -104,6 +104,7 @@ class Prefetcher:
         self._seen_epoch = 0
         self._carry: list[Message] = []  # consumed while paused, or before a reset
         self._paused = False
+        self._reassigned = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -242,6 +243,7 @@ class Prefetcher:
             min(batcher.time_left(), MAX_CONSUME_WAIT_S) if len(batcher) else MAX_CONSUME_WAIT_S
         )
         messages = self.consumer.consume(num_messages=max(batcher.room, 1), timeout=timeout)
+        self._apply_pause_state()
         self._snapshot_group()
         if messages:
             good = self.usable(messages)
@@ -308,6 +310,7 @@ class Prefetcher:
                 self.consumer.pause(assignment)
             self._paused = True
         messages = self.consumer.consume(num_messages=100, timeout=MAX_CONSUME_WAIT_S)
+        self._apply_pause_state()
         self._snapshot_group()
         self._carry.extend(self.usable(messages))
 
@@ -325,6 +328,25 @@ class Prefetcher:
         metadata = self.consumer.consumer_group_metadata()
         with self._cond:
             self._group_metadata = metadata
+
+    def assigned(self) -> None:
+        """Partitions were just assigned (called inside ``consume()``, on this thread)."""
+        self._reassigned = True
+
+    def _apply_pause_state(self) -> None:
+        """After an assignment, put every partition in this thread's pause state.
+
+        librdkafka keeps a partition's pause flag across revocation and re-assignment: one
+        lost while paused (a broker outage, a rebalance while the worker was stuck) would
+        stay paused for good once it came back; a new one would not be paused while the
+        worker is stuck.
+        """
+        if not self._reassigned:
+            return
+        self._reassigned = False
+        assignment = self.consumer.assignment()
+        if assignment:
+            (self.consumer.pause if self._paused else self.consumer.resume)(assignment)
 
     def _resume(self) -> None:
         assignment = self.consumer.assignment()

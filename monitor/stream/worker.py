@@ -125,6 +125,7 @@ class Worker:
         self._unsettled: list[_Processed] = []
         self._unsettled_since = 0.0
         self._dead_reasons: list[str] = []  # of the current batch; counted once it commits
+        self._reassigned = False
         self._last_loop = time.monotonic()
         self._ready = False
         self._lag_total = 0
@@ -247,6 +248,12 @@ class Worker:
         while not batcher.is_due() and not self._stop.is_set():
             timeout = batcher.time_left() if len(batcher) else IDLE_POLL_S
             messages = self.consumer.consume(num_messages=batcher.room, timeout=timeout)
+            if self._reassigned:
+                # librdkafka keeps a partition's pause flag across revocation and
+                # re-assignment: one lost during serve_group would stay paused for good.
+                self._reassigned = False
+                if assignment := self.consumer.assignment():
+                    self.consumer.resume(assignment)
             if messages:
                 batcher.add(self._usable(messages))
             elif not len(batcher):
@@ -463,6 +470,10 @@ class Worker:
     # -- group membership ----------------------------------------------------------------
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((p.topic, p.partition) for p in partitions)
+        if self.prefetcher is not None:
+            self.prefetcher.assigned()  # it un-pauses them (or pauses them while stuck)
+        else:
+            self._reassigned = True  # resumed after consume() returns: see _next_batch
         self.metrics.set_assigned_partitions(len(self._assigned))
         self._ready = True
         self.metrics.set_ready(True)
