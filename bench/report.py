@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-SCORE_BATCH = 512  # the worker's default max batch size: the serial bound uses this one
-
-# (key, what, passes(results) -> bool | None)
 TARGET_TEXT = {
     "worker_vs_serial": "worker (at-least-once) >= 80% of the serial bound (digits)",
     "eos_vs_alo": "exactly-once within 2x of at-least-once",
@@ -23,12 +20,13 @@ def _rate(value: float | None) -> str:
 def derive(r: dict[str, Any]) -> dict[str, Any]:
     """Serial bound, ratios and target verdicts for the digits detector (and the CNN's bound)."""
     out: dict[str, Any] = {}
+    batch = str(r["meta"]["worker_batch"])  # the serial bound scores batches of this size
     for name in ("digits", "cnn"):
         d = r.get(name)
         if not d or "consume" not in d or "score" not in d:
             continue
         c, dec = d["consume"]["rate"], d["decode"]["rate"]
-        s = d["score"].get(str(SCORE_BATCH)) or max(d["score"].values())
+        s = d["score"][batch]
         serial = 1.0 / (1.0 / c + 1.0 / dec + 1.0 / s)
         slowest = min(c, dec, s)
         ratios: dict[str, float] = {"serial_bound": serial, "min_stage": slowest}
@@ -68,66 +66,73 @@ def _at_least(value: float | None, bound: float) -> bool | None:
 def table(r: dict[str, Any], derived: dict[str, Any]) -> str:
     """The text printed at the end of a run (also pasted in the README fragment)."""
     lines: list[str] = []
-    add = lines.append
+
+    def row(label: str, rate: float | None, note: str = "") -> None:
+        lines.append(f"{label:<58} {_rate(rate):>12}  {note}".rstrip())
+
     meta = r["meta"]
-    add(f"distillation-monitor benchmark ({'quick' if meta['quick'] else 'full'} run)")
-    add(f"machine: {meta['machine']}")
-    add("")
-    add(f"{'stage':<58} {'records/s':>12}  notes")
+    batch = meta["worker_batch"]
+    lines += [
+        f"distillation-monitor benchmark ({'quick' if meta['quick'] else 'full'} run)",
+        f"machine: {meta['machine']}",
+        "",
+        f"{'stage':<58} {'records/s':>12}  notes",
+    ]
     for name in ("digits", "cnn"):
         d = r.get(name)
         if not d:
             continue
-        add(f"-- {name} detector: {d['describe']}")
-        if "prepare" in d:
-            p = d["prepare"]
-            add(
-                f"{'0 prepare: produce the backlog':<58} {_rate(p['records_per_s']):>12}  "
-                f"{p['records']:,} records of {p['bytes']:.0f} B, {p['partitions']} partitions"
+        lines.append(f"-- {name} detector: {d['describe']}")
+        if p := d.get("prepare"):
+            row(
+                "0 prepare: produce the backlog",
+                p["records_per_s"],
+                f"{p['records']:,} records of {p['bytes']:.0f} B, {p['partitions']} partitions",
             )
-        if "consume" in d:
-            add(
-                f"{'1 raw consume (confluent-kafka, discard)':<58} {_rate(d['consume']['rate']):>12}"
-            )
+        if c := d.get("consume"):
+            row("1 raw consume (confluent-kafka, discard)", c["rate"])
         for size, rate in d.get("score", {}).items():
-            add(f"{f'2 raw scoring, batch {size}':<58} {_rate(rate):>12}")
-        if "decode" in d:
-            add(
-                f"{'3 decode (RecordDecoder, batches of 512)':<58} {_rate(d['decode']['rate']):>12}"
-            )
+            row(f"2 raw scoring, batch {size}", rate)
+        if dec := d.get("decode"):
+            row(f"3 decode (RecordDecoder, batches of {batch})", dec["rate"])
         for key, what in (
             ("worker_alo", "4 worker, at-least-once"),
             ("worker_eos", "4 worker, exactly-once"),
         ):
             if run := d.get(key):
-                add(
-                    f"{what:<58} {_rate(run['rate']):>12}  {run['records']:,} records in "
-                    f"{run['seconds']:.1f} s, peak RSS {max(run['peak_rss_mb']):.0f} MB, "
-                    f"alerts {run['alerts']:,}/{run['expected_alerts']:,} expected"
+                row(
+                    what,
+                    run["rate"],
+                    f"{run['records']:,} records in {run['seconds']:.1f} s, peak RSS "
+                    f"{max(run['peak_rss_mb']):.0f} MB, alerts {run['alerts']:,}/"
+                    f"{run['expected_alerts']:,} expected",
                 )
         if n := d.get("naive"):
-            add(
-                f"{'5 naive loop (poll 1, json, predict 1, commit 1)':<58} {_rate(n['rate']):>12}  {n['records']:,} records"
+            row(
+                "5 naive loop (poll 1, json, predict 1, commit 1)",
+                n["rate"],
+                f"{n['records']:,} records",
             )
         if s := d.get("steady"):
-            add(
-                f"{'6 steady ' + format(s['rate'], ',.0f') + ' records/s for ' + format(s['seconds'], '.0f') + ' s':<58} "
-                f"{_rate(s['achieved_rate']):>12}  latency p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms, "
-                f"p99 {s['p99_ms']:.0f} ms, max {s['max_ms']:.0f} ms over {s['alerts']:,} alerts; "
-                f"peak RSS {s['peak_rss_mb']:.0f} MB"
+            row(
+                f"6 steady {s['rate']:,.0f} records/s for {s['seconds']:.0f} s (default settings)",
+                s["achieved_rate"],
+                f"latency p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms, p99 "
+                f"{s['p99_ms']:.0f} ms, max {s['max_ms']:.0f} ms over {s['alerts']:,} alerts; "
+                f"peak RSS {s['peak_rss_mb']:.0f} MB",
             )
         if so := d.get("scale_out"):
-            add(
-                f"{'8 two workers, one group, 4 partitions':<58} {_rate(so['rate']):>12}  "
-                f"peak RSS {', '.join(f'{m:.0f}' for m in so['peak_rss_mb'])} MB"
+            row(
+                "8 two workers, one group, 4 partitions",
+                so["rate"],
+                f"peak RSS {', '.join(f'{m:.0f}' for m in so['peak_rss_mb'])} MB",
             )
         if ratios := derived.get(name):
-            add(
-                f"{'   serial bound 1/(1/consume + 1/decode + 1/score@512)':<58} {_rate(ratios['serial_bound']):>12}"
+            row(
+                f"   serial bound 1/(1/consume + 1/decode + 1/score@{batch})",
+                ratios["serial_bound"],
             )
-            add(
-                f"{'   slowest stage min(consume, decode, score@512)':<58} {_rate(ratios['min_stage']):>12}"
-            )
+            row(f"   slowest stage min(consume, decode, score@{batch})", ratios["min_stage"])
             for key, what in (
                 ("worker_vs_serial", "worker / serial bound"),
                 ("worker_vs_min_stage", "worker / min(stages)"),
@@ -136,12 +141,13 @@ def table(r: dict[str, Any], derived: dict[str, Any]) -> str:
                 ("two_vs_one_worker", "two workers / one worker"),
             ):
                 if key in ratios:
-                    add(f"   {what:<55} {ratios[key]:>12.2f}")
-    add("")
-    add("targets")
+                    lines.append(f"   {what:<55} {ratios[key]:>12.2f}")
+    lines += ["", "targets"]
     for key, verdict in derived["targets"].items():
         mark = "n/a " if verdict is None else ("PASS" if verdict else "MISS")
-        add(f"  {mark}  {TARGET_TEXT[key]}")
+        lines.append(f"  {mark}  {TARGET_TEXT[key]}")
     if meta["quick"]:
-        add("  (quick run: smaller backlog and shorter steady load than the targets assume)")
+        lines.append(
+            "  (quick run: smaller backlog and shorter steady load than the targets assume)"
+        )
     return "\n".join(lines)

@@ -37,7 +37,7 @@ from bench.report import derive, table  # noqa: E402
 CACHE = ROOT / ".local" / "bench"
 RESULTS = ROOT / "bench" / "results"
 PARTITIONS = 4
-SCORE_BATCHES = (1, 64, 256, 512, 1024, 4096)
+SCORE_BATCHES = (1, 64, 256, 512, 1024, 2048, 4096)
 
 SIZES = {
     # records, cnn records, naive records, naive seconds, steady seconds, score seconds, decode sample
@@ -99,9 +99,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def worker_batch(options: list[str]) -> int:
+    """The workers' micro-batch size: the default, or a --max-batch-size among the options."""
+    from monitor.config import WorkerConfig
+
+    size = WorkerConfig().max_batch_size
+    for i, opt in enumerate(options):
+        if opt.startswith("--max-batch-size="):
+            size = int(opt.split("=", 1)[1])
+        elif opt == "--max-batch-size" and i + 1 < len(options):
+            size = int(options[i + 1])
+    return size
+
+
 class Suite:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.batch = worker_batch(args.worker_option)
         size = SIZES["quick" if args.quick else "full"]
         (
             self.records,
@@ -148,6 +162,7 @@ class Suite:
             "cnn_records": self.cnn_records,
             "partitions": PARTITIONS,
             "worker_options": a.worker_option,
+            "worker_batch": self.batch,
         }
         digits = detectors.digits(CACHE, a.rebuild_detectors)
         cnn = None if "cnn" in self.skip else detectors.cnn(CACHE, a.rebuild_detectors)
@@ -186,7 +201,7 @@ class Suite:
 
         self.say(f"{det.name}: 3 decode")
         messages = stages.as_messages(consumed.sample, topic)
-        decode_rate, X = stages.decode_limit(messages, det.input_shape, 512)
+        decode_rate, X = stages.decode_limit(messages, det.input_shape, self.batch)
         del messages
         out["decode"] = {"rate": decode_rate, "records": len(X)}
         self.say(f"   {decode_rate:,.0f} records/s")
@@ -194,7 +209,8 @@ class Suite:
         self.say(f"{det.name}: 2 raw scoring")
         handle = DetectorHandle(det.path, max(SCORE_BATCHES))
         out["score"] = {}
-        for batch in SCORE_BATCHES if full else SCORE_BATCHES[:-1]:
+        sizes = sorted({*SCORE_BATCHES, self.batch})
+        for batch in sizes if full else [b for b in sizes if b <= max(self.batch, 1024)]:
             seconds = self.score_seconds if batch > 1 else min(self.score_seconds, 0.5)
             out["score"][str(batch)] = stages.score_limit(handle, X, batch, seconds)
             self.say(f"   batch {batch}: {out['score'][str(batch)]:,.0f} records/s")
