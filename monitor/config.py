@@ -93,7 +93,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "detector", str, "", "Detector directory (written by fit or demo-detector).", required=True
     ),
-    Option("max_batch_size", int, 2048, "A micro-batch closes at this many records...", minimum=1),
+    Option("max_batch_size", int, 512, "A micro-batch closes at this many records...", minimum=1),
     Option(
         "max_batch_wait_ms",
         int,
@@ -250,7 +250,7 @@ class WorkerConfig:
     drift_topic: str = ""
     group_id: str = "distillation-monitor"
     detector: str = ""
-    max_batch_size: int = 2048
+    max_batch_size: int = 512
     max_batch_wait_ms: int = 100
     prefetch: bool = True
     transaction_ms: int = 100
