@@ -13,6 +13,9 @@ TARGET_TEXT = {
 }
 
 
+TUNED_BATCH = 2048  # keep equal to run.TUNED_BATCH
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
@@ -40,6 +43,11 @@ def derive(r: dict[str, Any]) -> dict[str, Any]:
                 ratios["eos_vs_alo"] = d["worker_eos"]["rate"] / alo
             if d.get("scale_out"):
                 ratios["two_vs_one_worker"] = d["scale_out"]["rate"] / alo
+        tuned = d.get("worker_tuned")
+        if tuned and str(TUNED_BATCH) in d["score"]:
+            at = 1.0 / (1.0 / c + 1.0 / dec + 1.0 / d["score"][str(TUNED_BATCH)])
+            ratios["tuned_serial_bound"] = at
+            ratios["tuned_vs_serial"] = tuned["rate"] / at
         out[name] = ratios
     digits = out.get("digits", {})
     rss = [
@@ -98,6 +106,7 @@ def table(r: dict[str, Any], derived: dict[str, Any]) -> str:
         for key, what in (
             ("worker_alo", "4 worker, at-least-once"),
             ("worker_eos", "4 worker, exactly-once"),
+            ("worker_tuned", f"4 worker, at-least-once, --max-batch-size {TUNED_BATCH}"),
         ):
             if run := d.get(key):
                 row(
@@ -139,6 +148,7 @@ def table(r: dict[str, Any], derived: dict[str, Any]) -> str:
                 ("worker_vs_naive", "worker / naive"),
                 ("eos_vs_alo", "exactly-once / at-least-once"),
                 ("two_vs_one_worker", "two workers / one worker"),
+                ("tuned_vs_serial", f"tuned worker / serial bound at batch {TUNED_BATCH}"),
             ):
                 if key in ratios:
                     lines.append(f"   {what:<55} {ratios[key]:>12.2f}")

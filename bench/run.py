@@ -44,7 +44,8 @@ SIZES = {
     "full": (1_000_000, 20_000, 3_000, 15.0, 60.0, 1.5, 200_000),
     "quick": (100_000, 4_000, 500, 5.0, 20.0, 0.5, 100_000),
 }
-STAGES = ("consume", "score", "decode", "naive", "worker", "eos", "scale", "steady", "cnn")
+STAGES = ("consume", "score", "decode", "naive", "worker", "eos", "tuned", "scale", "steady", "cnn")
+TUNED_BATCH = 2048  # the "tuned" run: larger batches than the default, nothing else changed
 
 
 def _local_kafka() -> Any:
@@ -230,15 +231,15 @@ class Suite:
             self.say(f"   {rate:,.1f} records/s over {count} records")
 
         extra = list(self.args.worker_option)
-        modes = [("worker_alo", False)] + (
-            [("worker_eos", True)] if full and "eos" not in self.skip else []
-        )
-        for key, eos in modes if "worker" not in self.skip else []:
-            self.say(
-                f"{det.name}: 4 worker, {'exactly' if eos else 'at-least'}-once, {n:,} records"
-            )
+        modes = [("worker_alo", False, extra)]
+        if full and "eos" not in self.skip:
+            modes.append(("worker_eos", True, extra))
+        if full and "tuned" not in self.skip and self.batch != TUNED_BATCH:
+            modes.append(("worker_tuned", False, [*extra, f"--max-batch-size={TUNED_BATCH}"]))
+        for key, eos, options in modes if "worker" not in self.skip else []:
+            self.say(f"{det.name}: 4 {key.replace('_', ' ')}, {n:,} records")
             run = workers.throughput(
-                f"{det.name}-{'eos' if eos else 'alo'}",
+                f"{det.name}-{key.split('_')[1]}",
                 det.path,
                 topic,
                 parts,
@@ -246,7 +247,7 @@ class Suite:
                 eos,
                 self.logs,
                 bootstrap=self.bootstrap,
-                extra=extra,
+                extra=options,
             )
             self.topics.append(run.alert_topic)
             alerts = len(read_all(run.alert_topic, parts, self.bootstrap))
