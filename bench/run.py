@@ -91,6 +91,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep-topics", action="store_true", help="don't delete the bench topics")
     p.add_argument("--bootstrap", default=BOOTSTRAP)
     p.add_argument(
+        "--worker-root",
+        type=Path,
+        help="run the workers from this checkout (e.g. a git worktree of an older commit)",
+    )
+    p.add_argument(
         "--worker-option",
         action="append",
         default=[],
@@ -164,6 +169,7 @@ class Suite:
             "partitions": PARTITIONS,
             "worker_options": a.worker_option,
             "worker_batch": self.batch,
+            "worker_root": str(workers.WORKER_ROOT[0]),
         }
         digits = detectors.digits(CACHE, a.rebuild_detectors)
         cnn = None if "cnn" in self.skip else detectors.cnn(CACHE, a.rebuild_detectors)
@@ -305,6 +311,8 @@ class Suite:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.worker_root is not None:
+        workers.WORKER_ROOT[0] = args.worker_root.resolve()
     suite = Suite(args)
     started = time.monotonic()
     results = suite.run()

@@ -23,6 +23,10 @@ from pathlib import Path
 from bench.kafkautil import BOOTSTRAP, CommitWatcher, admin, create_topic
 
 ROOT = Path(__file__).resolve().parent.parent
+# The checkout whose ``monitor`` package the workers run (``python -m`` imports it from the
+# working directory): another one compares two versions in one run (bench/run.py
+# --worker-root).
+WORKER_ROOT = [ROOT]
 POLL_S = 0.005
 
 
@@ -41,7 +45,7 @@ class WorkerProcess:
         with log.open("wb") as sink:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor", "run", *args],
-                cwd=ROOT,
+                cwd=WORKER_ROOT[0],
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
