@@ -35,6 +35,7 @@ for extra in (ROOT / "tests", ROOT / "deploy" / "local"):
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import kafka as local_kafka  # noqa: E402  (deploy/local/kafka.py)
+from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from fault_scenarios import (  # noqa: E402
     ALO,
@@ -52,7 +53,7 @@ from fault_scenarios import (  # noqa: E402
     table,
     tiny_instances,
 )
-from fixtures_kafka import create_topic, delete_topics, produce_messages  # noqa: E402
+from fixtures_kafka import create_topic, delete_topics  # noqa: E402
 from worker_harness import wait_until  # noqa: E402
 
 CACHE = ROOT / ".local" / "bench"
@@ -111,7 +112,7 @@ class Topics:
 def backlog(setup: Setup, n: int, log_dir: Path) -> dict[str, float]:
     """A worker process (default batch settings) works off ``n`` queued records."""
     traffic = make_traffic(setup.detector, tiny_instances(n, seed=11))
-    produce_messages(setup.bootstrap, setup.input_topic, traffic.records(), timeout=600)
+    _produce_fast(setup.bootstrap, setup.input_topic, traffic.records())
     n = len(traffic)
     args = setup.args()
     size = args.index("--max-batch-size")
@@ -129,6 +130,27 @@ def backlog(setup: Setup, n: int, log_dir: Path) -> dict[str, float]:
         "records_per_s": round((n - first) / max(took, 1e-9)),
         "peak_rss_mb": round(peak_kb / 1024),
     }
+
+
+def _produce_fast(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4"}
+    )
+    failed: list[object] = []
+
+    def delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            failed.append(err)
+
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(topic, value, key, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(300) or failed:
+        raise RuntimeError(f"backlog not produced: {failed[:3]}")
 
 
 def _peak_rss_kb(pid: int) -> float:
