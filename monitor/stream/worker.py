@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import logging
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -60,10 +59,6 @@ from monitor.stream.topics import ensure_topics
 log = logging.getLogger("monitor.worker")
 
 IDLE_POLL_S = 0.5
-# With the prefetch thread decoding, the worker's thread waits for the GIL every time it
-# comes back from TensorFlow or librdkafka; by default up to 5 ms each time (the switch
-# interval), which made scoring a batch take several times longer than alone.
-PREFETCH_SWITCH_INTERVAL_S = 0.0005
 LIVENESS_STALL_S = 300.0
 SCORING_ERROR = "scoring_error"
 
@@ -204,8 +199,6 @@ class Worker:
             if cfg.prefetch:
                 self.prefetcher = self._make_prefetcher()
                 stack.callback(self.prefetcher.stop)  # before the consumer closes
-                stack.callback(sys.setswitchinterval, sys.getswitchinterval())
-                sys.setswitchinterval(PREFETCH_SWITCH_INTERVAL_S)
                 self.prefetcher.start()
             # Start-up made millions of long-lived objects (TensorFlow, Keras, the model):
             # keep the collector from scanning them again on every full collection.
