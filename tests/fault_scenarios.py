@@ -470,6 +470,8 @@ def report(
     """Read the outputs back; records committed and not dead-lettered count as scored."""
     alerts = read_alerts(setup.bootstrap, setup.alert_topic)
     dead = len(read_to_end(setup.bootstrap, setup.dead_letter_topic))
+    # A killed member's transaction holds its offsets until it times out or is fenced.
+    wait_until(lambda: setup.committed() >= 0, 60, "the committed offsets to settle")
     return FaultReport.from_alerts(
         scenario, setup.mode, faults, traffic, alerts, setup.committed() - dead, windows
     )
