@@ -150,6 +150,7 @@ class ModelDistillation:
         self._score_x: Any = None
         self._score_y: Any = None
         self._predict_model: Any = None
+        self._classes: tuple[Any, Any] | None = None
         if self.threshold is None:
             logger.warning("No threshold set: call infer_threshold before predict.")
 
@@ -256,6 +257,39 @@ class ModelDistillation:
             return tf.cast(model(x, training=False), tf.float32)
 
         self._score_x, self._score_y, self._predict_model = score_x, score_y, predict_model
+
+    def _compile_classes(self) -> tuple[Any, Any]:
+        """Concrete functions returning scores and both models' top classes in one call.
+
+        Concrete (not polymorphic) functions skip the per-call signature binding; one call
+        per batch means one release of the GIL per batch, which matters when another
+        thread (the worker's prefetch) is waiting to run Python.
+        """
+        if self._classes is None:
+            model, distilled = self.model, self.distilled_model
+            loss_type, temperature = self.loss_type, self.temperature
+
+            def top(p: tf.Tensor) -> tf.Tensor:
+                return tf.argmax(p, axis=1, output_type=tf.int32)
+
+            @tf.function(input_signature=[self._input_spec()])
+            def classes_x(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                y = tf.cast(model(x, training=False), tf.float32)
+                y_d = tf.cast(distilled(x, training=False), tf.float32)
+                return instance_scores(y, y_d, loss_type, temperature), top(y), top(y_d)
+
+            @tf.function(
+                input_signature=[
+                    tf.TensorSpec((None, self._n_classes), tf.float32),
+                    self._input_spec(),
+                ]
+            )
+            def classes_y(y: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                y_d = tf.cast(distilled(x, training=False), tf.float32)
+                return instance_scores(y, y_d, loss_type, temperature), top(y), top(y_d)
+
+            self._classes = (classes_x.get_concrete_function(), classes_y.get_concrete_function())
+        return self._classes
 
     def _functions(self) -> tuple[Any, Any, Any]:
         if self._score_x is None:
@@ -386,6 +420,45 @@ class ModelDistillation:
             for i in self._batches(len(x), batch_size)
         ]
         return self._collect(parts, return_predictions, given_y=y_arr)
+
+    def score_classes(
+        self,
+        X: Any,
+        y: Any = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        trusted: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(score, classifier_class, distilled_class)`` per instance, in one compiled call
+        per batch: what a streaming scorer needs, without the probability rows.
+
+        With ``y`` (the classifier's logged outputs) only the distilled model runs.
+        ``trusted`` skips the input checks for arrays already known to be finite, of the
+        right shape and float32 (the worker's decoder guarantees it); anything else is
+        validated as in ``score``.
+        """
+        if trusted and (
+            not isinstance(X, np.ndarray)
+            or X.dtype != self.input_dtype
+            or X.shape[1:] != self._input_shape
+            or not X.flags.c_contiguous
+        ):
+            trusted = False
+        x = X if trusted else self.validate(X)
+        y_arr = None if y is None else self.validate_outputs(y, len(x))
+        classes_x, classes_y = self._compile_classes()
+        parts = []
+        for i in self._batches(len(x), batch_size):
+            chunk = x[i : i + batch_size]
+            out = classes_x(chunk) if y_arr is None else classes_y(y_arr[i : i + batch_size], chunk)
+            parts.append([t.numpy() for t in out])
+        if not parts:
+            empty = np.empty(0, dtype=np.int32)
+            return np.empty(0, dtype=np.float32), empty, empty.copy()
+        if len(parts) == 1:
+            score, top_y, top_d = parts[0]
+        else:
+            score, top_y, top_d = (np.concatenate(column) for column in zip(*parts, strict=True))
+        return score.astype(np.float32, copy=False), top_y, top_d
 
     def _collect(
         self, parts: list[Any], return_predictions: bool, given_y: np.ndarray | None

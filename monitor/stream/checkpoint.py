@@ -175,8 +175,12 @@ class AtLeastOnceCheckpoint:
                 self.publisher.produce(out)
             failed = self._flush()
             pending_acks = self.publisher.in_flight > 0
-        # Step 3: commit offset + 1 for every partition still ours, without waiting for
-        # the broker's answer (a round trip per batch); the consumer's on_commit counts it.
+        return self.commit_acknowledged(offsets)
+
+    def commit_acknowledged(self, offsets: BatchOffsets) -> bool:
+        """Step 3 alone, for batches whose outputs are all acknowledged already."""
+        # Commit offset + 1 for every partition still ours, without waiting for the
+        # broker's answer (a round trip per batch); the consumer's on_commit counts it.
         to_commit = offsets.commit_list(self.host.is_assigned)
         if not to_commit:
             return True

@@ -40,12 +40,39 @@ class Publisher:
         self._in_flight = 0
         self._failed: list[tuple[Outgoing, KafkaError]] = []
         self.delivered: Counter[str] = Counter()
+        # Unacknowledged messages per batch number, so that a batch whose outputs are all
+        # acknowledged can commit while later batches' outputs are still on their way.
+        self.batch = 0
+        self._unacked: Counter[int] = Counter()
+
+    def next_batch(self) -> int:
+        """Tag what is produced from now on with a new batch number; returns the old one."""
+        self.batch += 1
+        return self.batch - 1
+
+    def acknowledged(self, batch: int) -> bool:
+        """True when every message produced under ``batch`` is acknowledged (serve the
+        delivery callbacks with ``poll`` first); failures are in ``has_failures``."""
+        return self._unacked[batch] <= 0
+
+    def poll(self) -> None:
+        """Run the delivery callbacks that are due, without waiting."""
+        self.producer.poll(0)
+
+    @property
+    def has_failures(self) -> bool:
+        return bool(self._failed)
 
     def produce(self, out: Outgoing) -> None:
         """Queue one message; waits for room when librdkafka's queue is full."""
 
+        batch = self.batch
+
         def on_delivery(err: KafkaError | None, _msg: Message) -> None:
             self._in_flight -= 1
+            self._unacked[batch] -= 1
+            if self._unacked[batch] <= 0:
+                del self._unacked[batch]
             if err is None:
                 self.delivered[out.kind] += 1
             else:
@@ -57,6 +84,7 @@ class Publisher:
                     out.topic, out.value, out.key, headers=out.headers, on_delivery=on_delivery
                 )
                 self._in_flight += 1
+                self._unacked[batch] += 1
                 break
             except BufferError:
                 self.producer.poll(0.05)
@@ -85,6 +113,7 @@ class Publisher:
         self._in_flight = 0
         self._failed = []
         self.delivered = Counter()
+        self._unacked = Counter()
 
     def take_failures_after_commit(self) -> list[tuple[Outgoing, KafkaError]]:
         """Forget recorded failures once a transaction settled them (committed or aborted)."""

@@ -68,7 +68,7 @@ class DetectorHandle:
         identity = identity_of(detector)
         # Trace the scoring function once now, not on the first record.
         warm = np.zeros((1, *detector.input_shape), dtype=np.float32)
-        detector.score(warm, batch_size=self.batch_size)
+        detector.score_classes(warm, batch_size=self.batch_size)
         return detector, identity
 
     def manifest_changed(self) -> bool:
@@ -120,17 +120,12 @@ class DetectorHandle:
         only the distilled model runs. Batches where only some rows carry an output are
         scored with the classifier (the decoder gives ``outputs`` only when all rows have one).
         """
-        det = self.detector
-        if outputs is not None:
-            scores, y, y_d = det.score_outputs(
-                outputs, X, batch_size=self.batch_size, return_predictions=True
-            )
-        else:
-            scores, y, y_d = det.score(X, batch_size=self.batch_size, return_predictions=True)
-        scores = np.asarray(scores, dtype=np.float32)
+        scores, classifier_class, distilled_class = self.detector.score_classes(
+            X, outputs, batch_size=self.batch_size, trusted=True
+        )
         return BatchScores(
             scores=scores,
             flagged=scores > self.identity.threshold,
-            classifier_class=np.argmax(y, axis=1),
-            distilled_class=np.argmax(y_d, axis=1),
+            classifier_class=classifier_class,
+            distilled_class=distilled_class,
         )

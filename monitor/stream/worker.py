@@ -59,6 +59,10 @@ from monitor.stream.topics import ensure_topics
 log = logging.getLogger("monitor.worker")
 
 IDLE_POLL_S = 0.5
+#: At-least-once with prefetching: batches scored and published while earlier batches'
+#: outputs await acknowledgement (each commits once its outputs are acknowledged). It
+#: bounds the outputs in flight, and the records a crash makes the next owner re-process.
+MAX_UNACKED_BATCHES = 4
 LIVENESS_STALL_S = 300.0
 SCORING_ERROR = "scoring_error"
 
@@ -87,6 +91,7 @@ class _Processed:
     offsets: BatchOffsets
     started: float
     dead_reasons: list[str]
+    output_batch: int  # the publisher's batch number of its alerts and dead letters
 
 
 def _merged(parts: list[BatchOffsets]) -> BatchOffsets:
@@ -309,36 +314,70 @@ class Worker:
         if not self._unsettled:
             self._unsettled_since = time.monotonic()
         self._unsettled.append(
-            _Processed(messages, decoded, scores, drift, offsets, started, self._dead_reasons)
+            _Processed(
+                messages,
+                decoded,
+                scores,
+                drift,
+                offsets,
+                started,
+                self._dead_reasons,
+                self.publisher.next_batch(),
+            )
         )
         if self._may_extend():
+            if not self.checkpoint.exactly_once:
+                self._settle_acknowledged()
             return None
         return self._settle()
 
     def _may_extend(self) -> bool:
-        """Exactly-once with prefetching: let the next batch join the open transaction?
+        """With prefetching and another batch already waiting: go on to it before this
+        one's commit?
 
-        Yes while another batch is already waiting and the transaction is younger than
+        Exactly-once: the next batch joins the open transaction while it is younger than
         ``transaction_ms``: under a backlog, fewer and larger transactions (each costs
-        several round trips to the broker); with nothing waiting, commit at once, so a
-        steady trickle gets no extra latency. (At-least-once commits every batch: its
-        commits are asynchronous and cheap, and a crash then re-processes one batch.)
+        several round trips to the broker). At-least-once: the next batch is scored while
+        this one's outputs are on their way (``_settle_acknowledged`` commits each batch
+        once they are acknowledged), up to ``MAX_UNACKED_BATCHES``. With nothing waiting,
+        both commit at once, so a steady trickle gets no extra latency.
         """
-        return (
-            self.checkpoint.exactly_once
-            and self.prefetcher is not None
-            and self.prefetcher.ready()
-            and not self._stop.is_set()
-            and time.monotonic() - self._unsettled_since < self.config.transaction_ms / 1000.0
-        )
+        if self.prefetcher is None or self._stop.is_set() or not self.prefetcher.ready():
+            return False
+        if not self.checkpoint.exactly_once:
+            return len(self._unsettled) < MAX_UNACKED_BATCHES
+        return time.monotonic() - self._unsettled_since < self.config.transaction_ms / 1000.0
 
-    def _settle(self) -> bool:
+    def _settle_acknowledged(self) -> None:
+        """At-least-once: commit the oldest batches whose outputs are all acknowledged,
+        without waiting. A delivery failure is left to the waiting ``_settle``."""
+        self.publisher.poll()
+        if self.publisher.has_failures:
+            return
+        done = 0
+        for batch in self._unsettled:
+            if not self.publisher.acknowledged(batch.output_batch):
+                break
+            done += 1
+        if done:
+            self._settle(done)
+
+    def _settle(self, count: int | None = None) -> bool:
         """Commit every batch processed since the last commit (one transaction), or give
-        them all back; then count them. False when given back."""
-        batches, self._unsettled = self._unsettled, []
+        them all back; then count them. False when given back. With ``count`` (at-least-once,
+        outputs known to be acknowledged), commit only the oldest ``count`` batches."""
+        if count is None:
+            batches, self._unsettled = self._unsettled, []
+        else:
+            batches, self._unsettled = self._unsettled[:count], self._unsettled[count:]
         if not batches:
             return True
-        committed = self.checkpoint.commit(_merged([b.offsets for b in batches]))
+        offsets = _merged([b.offsets for b in batches])
+        if count is None:
+            committed = self.checkpoint.commit(offsets)
+        else:
+            assert isinstance(self.checkpoint, AtLeastOnceCheckpoint)
+            committed = self.checkpoint.commit_acknowledged(offsets)
         if committed:
             for b in batches:
                 self._dead_reasons = b.dead_reasons
