@@ -269,3 +269,32 @@ class TestInputValidation:
         y_nan[4, 0] = np.nan
         with pytest.raises(InputValidationError, match="row 4 hold NaN"):
             fitted_detector.score_outputs(y_nan, x)
+
+
+def test_score_classes_agrees_with_score_and_the_top_classes(
+    fitted_detector: Any, tiny_data: Any
+) -> None:
+    """The streaming path (one compiled call per batch) gives the public API's numbers."""
+    x = tiny_data[0][:300]
+    score, y, y_d = fitted_detector.score(x, return_predictions=True)
+    for trusted in (False, True):
+        got, top_y, top_d = fitted_detector.score_classes(x, batch_size=128, trusted=trusted)
+        np.testing.assert_allclose(got, score, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(top_y, np.argmax(y, axis=1))
+        np.testing.assert_array_equal(top_d, np.argmax(y_d, axis=1))
+    from_outputs, top_y, _ = fitted_detector.score_classes(x, y, batch_size=1000)
+    np.testing.assert_allclose(from_outputs, score, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(top_y, np.argmax(y, axis=1))
+    empty = fitted_detector.score_classes(x[:0])
+    assert [len(part) for part in empty] == [0, 0, 0]
+
+
+def test_score_classes_validates_what_it_cannot_trust(fitted_detector: Any, tiny_data: Any) -> None:
+    """``trusted`` skips checks only for contiguous arrays of the model's dtype and shape:
+    anything else (here float64 with a NaN) is validated as usual."""
+    x = tiny_data[0][:10].astype(np.float64)
+    x[3, 0] = np.nan
+    with pytest.raises(InputValidationError, match="row 3"):
+        fitted_detector.score_classes(x, trusted=True)
+    with pytest.raises(InputValidationError, match="shape"):
+        fitted_detector.score_classes(x[:, :2].astype(np.float32), trusted=True)

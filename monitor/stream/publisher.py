@@ -64,7 +64,12 @@ class Publisher:
         return bool(self._failed)
 
     def produce(self, out: Outgoing) -> None:
-        """Queue one message; waits for room when librdkafka's queue is full."""
+        """Queue one message; waits for room when librdkafka's queue is full.
+
+        Delivery callbacks run in ``poll``/``flush``, once per batch: polling after every
+        message released the GIL each time, and getting it back from the prefetch
+        thread could take a whole switch interval.
+        """
 
         batch = self.batch
 
@@ -88,7 +93,6 @@ class Publisher:
                 break
             except BufferError:
                 self.producer.poll(0.05)
-        self.producer.poll(0)
 
     def flush(self, timeout: float) -> list[tuple[Outgoing, KafkaError]]:
         """Wait for every acknowledgement; returns (and forgets) the failures.

@@ -28,6 +28,7 @@ class BatchScores:
     flagged: np.ndarray  # bool (n,)
     classifier_class: np.ndarray  # int (n,)
     distilled_class: np.ndarray  # int (n,)
+    detector: DetectorIdentity  # the detector that scored them (a reload may follow)
 
 
 def identity_of(detector: ModelDistillation) -> DetectorIdentity:
@@ -47,13 +48,25 @@ def identity_of(detector: ModelDistillation) -> DetectorIdentity:
 
 
 class DetectorHandle:
-    """The current detector plus what the worker needs to know about it."""
+    """The current detector plus what the worker needs to know about it.
+
+    ``score`` may run on another thread than ``reload``: the detector and its identity
+    are swapped together, as one attribute.
+    """
 
     def __init__(self, path: str | Path, batch_size: int) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
-        self.detector, self.identity = self._load()
+        self._current = self._load()
         self._manifest_mtime = self._mtime()
+
+    @property
+    def detector(self) -> ModelDistillation:
+        return self._current[0]
+
+    @property
+    def identity(self) -> DetectorIdentity:
+        return self._current[1]
 
     def _mtime(self) -> float:
         try:
@@ -101,7 +114,7 @@ class DetectorHandle:
             )
             self._manifest_mtime = self._mtime()
             return False
-        self.detector, self.identity = detector, identity
+        self._current = (detector, identity)
         self._manifest_mtime = self._mtime()
         log.info(
             "detector reloaded: %s v%s (%s) -> %s v%s (%s), threshold %.6g",
@@ -120,12 +133,14 @@ class DetectorHandle:
         only the distilled model runs. Batches where only some rows carry an output are
         scored with the classifier (the decoder gives ``outputs`` only when all rows have one).
         """
-        scores, classifier_class, distilled_class = self.detector.score_classes(
+        detector, identity = self._current
+        scores, classifier_class, distilled_class = detector.score_classes(
             X, outputs, batch_size=self.batch_size, trusted=True
         )
         return BatchScores(
             scores=scores,
-            flagged=scores > self.identity.threshold,
+            flagged=scores > identity.threshold,
             classifier_class=classifier_class,
             distilled_class=distilled_class,
+            detector=identity,
         )

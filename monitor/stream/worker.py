@@ -63,8 +63,21 @@ IDLE_POLL_S = 0.5
 #: outputs await acknowledgement (each commits once its outputs are acknowledged). It
 #: bounds the outputs in flight, and the records a crash makes the next owner re-process.
 MAX_UNACKED_BATCHES = 4
+#: ... and when no next batch comes within this, they are committed, waiting for acks.
+SETTLE_POLL_S = 0.02
 LIVENESS_STALL_S = 300.0
 SCORING_ERROR = "scoring_error"
+
+
+@dataclass(frozen=True)
+class ScoringFailed:
+    """Scoring raised: the batch's records go to the dead-letter topic with ``detail``."""
+
+    detail: str
+
+
+NOTHING_TO_SCORE = "nothing to score"  # a batch without rows (all dead letters or ignored)
+Scored = BatchScores | ScoringFailed | str
 
 
 @dataclass
@@ -125,6 +138,8 @@ class Worker:
         self._stop_at: float | None = None
         self._reload = threading.Event()
         self._assigned: set[TP] = set()
+        self._commit_targets: dict[TP, int] = {}  # the latest offsets asked to be committed
+        self._recommit = False  # an asynchronous commit failed: see _retry_failed_commit
         self._carry: list[Message] = []
         self.prefetcher: Prefetcher | None = None
         self._unsettled: list[_Processed] = []
@@ -226,15 +241,18 @@ class Worker:
                 self._last_loop = time.monotonic()
                 self._maybe_reload()
                 if self.prefetcher is not None:
-                    ready = self.prefetcher.next(IDLE_POLL_S)
+                    ready = self.prefetcher.next(SETTLE_POLL_S if self._unsettled else IDLE_POLL_S)
                     if ready is not None:
                         self._process(ready.messages, ready.decoded, ready.offsets)
                     else:
                         self._settle()
+                        self._retry_failed_commit()
                 else:
                     batch = self._next_batch()
                     if batch:
                         self._process(batch)
+                    else:
+                        self._retry_failed_commit()
                 self._maybe_log_summary()
                 if max_records is not None and self.summary.consumed >= max_records:
                     break
@@ -285,7 +303,7 @@ class Worker:
         """Decode (unless prefetched), score, publish and commit one batch.
 
         False when the batch was given back (rewound) instead of committed; None when it
-        joined a transaction that stays open for the next batch (see ``_may_extend``).
+        waits for a later commit (see ``_may_extend``).
         """
         started = time.perf_counter()
         if offsets is None:
@@ -294,22 +312,16 @@ class Worker:
         self.checkpoint.begin(offsets)
         if decoded is None:
             decoded = self.decoder.decode(messages)
+        scored = self._score(decoded)
         for dead in decoded.dead:
             self._publish_dead_letter(messages[dead.index], str(dead.reason), dead.detail)
-        scores = None
-        if len(decoded.X):
-            try:
-                use_output = self.config.use_record_output
-                scores = self.handle.score(decoded.X, decoded.outputs if use_output else None)
-            except Exception as exc:  # a scoring bug must not lose the records: dead-letter them
-                log.exception("scoring failed for a batch of %d rows", len(decoded.X))
-                for index in sorted(set(decoded.row_message.tolist())):
-                    self._publish_dead_letter(
-                        messages[index], SCORING_ERROR, f"scoring failed: {exc}"
-                    )
-            else:
-                for row in np.flatnonzero(scores.flagged):
-                    self._publish_alert(messages, decoded, scores, int(row))
+        scores = scored if isinstance(scored, BatchScores) else None
+        if isinstance(scored, ScoringFailed):
+            for index in sorted(set(decoded.row_message.tolist())):
+                self._publish_dead_letter(messages[index], SCORING_ERROR, scored.detail)
+        elif scores is not None:
+            for row in np.flatnonzero(scores.flagged):
+                self._publish_alert(messages, decoded, scores, int(row))
         drift = self._check_drift(scores.scores) if scores is not None else []
         if not self._unsettled:
             self._unsettled_since = time.monotonic()
@@ -331,22 +343,38 @@ class Worker:
             return None
         return self._settle()
 
-    def _may_extend(self) -> bool:
-        """With prefetching and another batch already waiting: go on to it before this
-        one's commit?
+    def _score(self, decoded: DecodedBatch) -> Scored:
+        """Score a decoded batch. A failure is returned, not raised: the batch's records
+        are dead-lettered with it."""
+        if not len(decoded.X):
+            return NOTHING_TO_SCORE
+        try:
+            use_output = self.config.use_record_output
+            return self.handle.score(decoded.X, decoded.outputs if use_output else None)
+        except Exception as exc:  # a scoring bug must not lose the records
+            log.exception("scoring failed for a batch of %d rows", len(decoded.X))
+            return ScoringFailed(f"scoring failed: {exc}")
 
-        Exactly-once: the next batch joins the open transaction while it is younger than
-        ``transaction_ms``: under a backlog, fewer and larger transactions (each costs
-        several round trips to the broker). At-least-once: the next batch is scored while
-        this one's outputs are on their way (``_settle_acknowledged`` commits each batch
-        once they are acknowledged), up to ``MAX_UNACKED_BATCHES``. With nothing waiting,
-        both commit at once, so a steady trickle gets no extra latency.
+    def _may_extend(self) -> bool:
+        """With prefetching: go on to the next batch before this one's commit?
+
+        At-least-once: yes, up to ``MAX_UNACKED_BATCHES``: the next batch is processed
+        while this one's outputs are on their way, and ``_settle_acknowledged`` commits
+        each batch once they are acknowledged (or ``_settle``, when no batch follows
+        within ``SETTLE_POLL_S``). Exactly-once: when another batch is already waiting
+        and the transaction is younger than ``transaction_ms``, it joins the open
+        transaction: under a backlog, fewer and larger transactions (each costs several
+        round trips to the broker); with nothing waiting, it commits at once, so a
+        steady trickle's alerts are not held back.
         """
-        if self.prefetcher is None or self._stop.is_set() or not self.prefetcher.ready():
+        if self.prefetcher is None or self._stop.is_set():
             return False
         if not self.checkpoint.exactly_once:
             return len(self._unsettled) < MAX_UNACKED_BATCHES
-        return time.monotonic() - self._unsettled_since < self.config.transaction_ms / 1000.0
+        return (
+            self.prefetcher.ready()
+            and time.monotonic() - self._unsettled_since < self.config.transaction_ms / 1000.0
+        )
 
     def _settle_acknowledged(self) -> None:
         """At-least-once: commit the oldest batches whose outputs are all acknowledged,
@@ -394,7 +422,9 @@ class Worker:
         return committed
 
     # -- publishing ----------------------------------------------------------------------
-    def _publish_alert(self, messages: list[Message], decoded: Any, scores: Any, row: int) -> None:
+    def _publish_alert(
+        self, messages: list[Message], decoded: DecodedBatch, scores: BatchScores, row: int
+    ) -> None:
         message = messages[int(decoded.row_message[row])]
         row_in_message = int(decoded.row_in_message[row])
         ident = record_identity(
@@ -406,7 +436,7 @@ class Worker:
         payload = alert_payload(
             record_id=ident.id,
             score=float(scores.scores[row]),
-            detector=self.handle.identity,
+            detector=scores.detector,
             classifier_class=int(scores.classifier_class[row]),
             distilled_class=int(scores.distilled_class[row]),
             source_topic=message.topic(),
@@ -529,6 +559,8 @@ class Worker:
         else:
             dropped = self._forget(gone)
         self._assigned -= gone
+        for tp in gone:
+            self._commit_targets.pop(tp, None)
         self.metrics.set_assigned_partitions(len(self._assigned))
         log.info(
             "revoked %s%s",
@@ -563,10 +595,17 @@ class Worker:
     def commit_offsets(self, offsets: list[TopicPartition]) -> None:
         """Commit asynchronously (outcome: ``_on_commit``); raises ``KafkaException`` if
         refused at once. With the prefetch thread, that thread sends it (soon, in order)."""
+        for tp in offsets:
+            key = (tp.topic, tp.partition)
+            self._commit_targets[key] = max(tp.offset, self._commit_targets.get(key, tp.offset))
         if self.prefetcher is not None:
             self.prefetcher.commit(offsets)
-        else:
+            return
+        try:
             self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException:
+            self._recommit = True
+            raise
 
     def group_metadata(self) -> Any:
         """The consumer group metadata that fences zombies in transactions."""
@@ -698,7 +737,31 @@ class Worker:
         else:
             log.warning("Kafka: %s", describe(err))
 
+    def _retry_failed_commit(self) -> None:
+        """Idle, after a failed asynchronous commit: commit the latest offsets again.
+
+        A failed commit is normally covered by the next batch's; this covers the last
+        batches before a pause in traffic (say, a commit refused while the group
+        coordinator was still loading after a broker restart).
+        """
+        if not self._recommit or self.checkpoint.exactly_once:
+            return
+        self._recommit = False
+        again = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in self._commit_targets.items()
+            if (topic, partition) in self._assigned
+        ]
+        if not again:
+            return
+        log.info("committing the offsets of %d partition(s) again", len(again))
+        try:
+            self.commit_offsets(again)
+        except KafkaException as exc:
+            self._commit_refused(exc)
+
     def _commit_refused(self, exc: KafkaException) -> None:
+        self._recommit = True
         self.metrics.commit_failed()
         log.warning("offset commit failed: %s", describe(exc.args[0] if exc.args else exc))
 
@@ -709,6 +772,7 @@ class Worker:
         else:
             # The next commit covers these offsets; at worst the new owner of a partition
             # re-processes from the previous commit, so nothing is lost.
+            self._recommit = True
             self.metrics.commit_failed()
             log.warning("offset commit failed: %s", describe(err))
 

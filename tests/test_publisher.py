@@ -1,0 +1,76 @@
+"""The publisher's per-batch acknowledgement bookkeeping (pure logic, a fake producer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError
+
+from monitor.stream.publisher import Outgoing, Publisher
+
+
+class FakeProducer:
+    """Keeps delivery callbacks until the test acknowledges them."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+        self.polls = 0
+
+    def produce(self, topic: str, value: bytes, key: Any, headers: Any, on_delivery: Any) -> None:
+        self.callbacks.append(on_delivery)
+
+    def poll(self, timeout: float) -> int:
+        self.polls += 1
+        return 0
+
+    def ack(self, index: int, err: KafkaError | None = None) -> None:
+        self.callbacks[index](err, None)
+
+
+def out(n: int) -> Outgoing:
+    return Outgoing("alerts", f"{n}".encode(), None, None, "alert")
+
+
+def test_a_batch_is_acknowledged_once_all_its_messages_are_whatever_later_batches_do() -> None:
+    producer = FakeProducer()
+    publisher = Publisher(producer)  # type: ignore[arg-type]
+    first = publisher.batch
+    publisher.produce(out(0))
+    publisher.produce(out(1))
+    assert publisher.next_batch() == first
+    second = publisher.batch
+    publisher.produce(out(2))
+    publisher.next_batch()
+    third = publisher.batch  # nothing produced: acknowledged at once
+    assert not publisher.acknowledged(first) and not publisher.acknowledged(second)
+    assert publisher.acknowledged(third)
+    producer.ack(2)
+    assert publisher.acknowledged(second) and not publisher.acknowledged(first)
+    producer.ack(0)
+    producer.ack(1)
+    assert publisher.acknowledged(first)
+    assert publisher.in_flight == 0 and not publisher.has_failures
+    assert publisher.take_delivered()["alert"] == 3
+
+
+def test_a_failed_delivery_counts_as_answered_and_is_reported() -> None:
+    """A failure answers its message (the batch is no longer waiting) but shows in
+    ``has_failures``, which keeps the worker from committing without retrying it."""
+    producer = FakeProducer()
+    publisher = Publisher(producer)  # type: ignore[arg-type]
+    batch = publisher.batch
+    publisher.produce(out(0))
+    producer.ack(0, KafkaError(KafkaError._MSG_TIMED_OUT))
+    assert publisher.acknowledged(batch)
+    assert publisher.has_failures
+
+
+def test_producing_does_not_poll_per_message() -> None:
+    """Polling after every message handed the GIL to the prefetch thread each time."""
+    producer = FakeProducer()
+    publisher = Publisher(producer)  # type: ignore[arg-type]
+    for n in range(50):
+        publisher.produce(out(n))
+    assert producer.polls == 0
+    publisher.poll()
+    assert producer.polls == 1
