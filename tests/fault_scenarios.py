@@ -593,7 +593,14 @@ def broker_restart(
             produced.append(t.finish())
         caught_up = []
         for s, n in zip(setups, produced, strict=True):
-            wait_until(lambda: s.committed() >= n, 180, "processing after the restart")  # noqa: B023
+            try:
+                wait_until(
+                    lambda: s.committed() >= n,  # noqa: B023
+                    180,
+                    f"the {s.mode} worker to commit all {n} records after the restart",
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc} (committed: {s.committed()})") from None
             caught_up.append(time.monotonic() - back)
         seen = [scrape(w.metrics_port or 0) for w in workers]
     reports = []

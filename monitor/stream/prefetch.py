@@ -8,8 +8,9 @@ a consumer (a call from another thread waits until ``consume()`` returns, and ca
 while this thread keeps calling it). The rules that keep commits and rewinds correct:
 
 - While this thread runs, it is the consumer's only user: the worker's offset commits are
-  queued (``commit``) and sent from here, in order, between ``consume()`` calls (within
-  ``MAX_CONSUME_WAIT_S``); the group metadata for transactions is a snapshot taken after
+  queued (``commit``, latest offset per partition) and sent from here between
+  ``consume()`` calls, at most every ``commit_interval_s`` and always before a
+  revocation returns; the group metadata for transactions is a snapshot taken after
   every ``consume()`` (``group_metadata``); a stale one (older generation) makes the
   broker refuse the transaction's offsets, which aborts and rewinds: safe.
 - Batches go to the worker in consumption order through a small queue (``depth``): memory
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -80,6 +82,7 @@ class Prefetcher:
         depth: int = 2,
         stall_s: float = 1.0,
         revoke_grace_s: float = 10.0,
+        commit_interval_s: float = 0.05,
     ) -> None:
         self.consumer = consumer
         self.batcher = batcher
@@ -90,6 +93,7 @@ class Prefetcher:
         self.depth = depth
         self.stall_s = stall_s
         self.revoke_grace_s = revoke_grace_s
+        self.commit_interval_s = commit_interval_s
         self._cond = threading.Condition()
         # Shared with the worker's thread, under ``_cond``:
         self._queue: deque[Prepared] = deque()
@@ -98,7 +102,8 @@ class Prefetcher:
         self._pending: dict[TP, int] = {}  # first offset not completed, per partition
         self._taken_next: dict[TP, int] = {}  # offset after the last one queued
         self._error: BaseException | None = None
-        self._commits: deque[list[TopicPartition]] = deque()
+        self._commits: dict[TP, int] = {}  # offsets to commit, latest per partition
+        self._last_commit = 0.0
         self._group_metadata: Any = None
         # This thread's own:
         self._seen_epoch = 0
@@ -159,9 +164,12 @@ class Prefetcher:
             self._cond.notify_all()
 
     def commit(self, offsets: list[TopicPartition]) -> None:
-        """Commit these offsets (asynchronously) from this thread, soon and in order."""
+        """Commit these offsets (asynchronously) from this thread, within
+        ``commit_interval_s``; offsets of one partition only move forward."""
         with self._cond:
-            self._commits.append(offsets)
+            for tp in offsets:
+                key = (tp.topic, tp.partition)
+                self._commits[key] = max(tp.offset, self._commits.get(key, tp.offset))
 
     def group_metadata(self) -> Any:
         """The consumer group metadata as of the last ``consume()`` (for transactions)."""
@@ -177,6 +185,9 @@ class Prefetcher:
     def release(self, tps: set[TP], wait: bool = True) -> int:
         """Partitions are being revoked: let handed-out batches finish, forget the rest.
 
+        ``wait=False`` when they are already lost (session timed out): nothing of theirs
+        can commit any more, so their queued offsets are dropped too (a commit for a lost
+        assignment is refused, and only holds up rejoining the group).
         Returns how many not-yet-processed records of those partitions were dropped.
         """
         on_this_thread = threading.current_thread() is self._thread
@@ -186,17 +197,20 @@ class Prefetcher:
                 self.revoke_grace_s if wait and on_this_thread else 0.0,
             )
             if not finished:
-                log.warning(
-                    "revoke: the batch in progress did not finish within %.0fs; "
-                    "it will be given back and processed again",
-                    self.revoke_grace_s,
-                )
+                if wait:
+                    log.warning(
+                        "revoke: the batch in progress did not finish within %.0fs; "
+                        "it will be given back and processed again",
+                        self.revoke_grace_s,
+                    )
                 self._bump()
             for tp in tps:
                 self._pending.pop(tp, None)
                 self._taken_next.pop(tp, None)
+                if not wait:
+                    self._commits.pop(tp, None)
         if on_this_thread:
-            self._send_commits()
+            self._send_commits(force=True)
             self._snapshot_group()
         return self._forget(tps)
 
@@ -211,7 +225,7 @@ class Prefetcher:
                 self._error = exc
                 self._cond.notify_all()
         finally:
-            self._send_commits()
+            self._send_commits(force=True)
             if self._paused:
                 self._resume()
 
@@ -314,15 +328,23 @@ class Prefetcher:
         self._snapshot_group()
         self._carry.extend(self.usable(messages))
 
-    def _send_commits(self) -> None:
+    def _send_commits(self, force: bool = False) -> None:
+        """Send the queued offsets as one asynchronous commit, at most every
+        ``commit_interval_s`` unless forced (before a revocation, at stop): one commit
+        per batch cost the broker and librdkafka a request each."""
+        now = time.monotonic()
+        if not force and now - self._last_commit < self.commit_interval_s:
+            return
         with self._cond:
-            batches = list(self._commits)
+            if not self._commits:
+                return
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._commits.items()]
             self._commits.clear()
-        for offsets in batches:
-            try:
-                self.consumer.commit(offsets=offsets, asynchronous=True)
-            except KafkaException as exc:
-                self.commit_failed(exc)
+        self._last_commit = now
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            self.commit_failed(exc)
 
     def _snapshot_group(self) -> None:
         metadata = self.consumer.consumer_group_metadata()
