@@ -282,6 +282,7 @@ class TransactionalCheckpoint:
             err = self._retrying(
                 lambda: self._send_offsets(producer, offsets.commit_list(), metadata),
                 "send offsets",
+                stuck_after_timeouts=SEND_OFFSETS_TIMEOUTS_STUCK,
             )
         except _StuckProducer:
             self._replace_producer(offsets)
@@ -331,9 +332,10 @@ class TransactionalCheckpoint:
         if self.make_producer is None:
             raise FencedError("the transactional producer is stuck and cannot be replaced")
         log.error(
-            "send_offsets_to_transaction did not return within its timeout (a librdkafka "
-            "bug after a coordinator change): replacing the transactional producer; the "
-            "new one fences the stuck one and aborts its transaction"
+            "send_offsets_to_transaction is stuck (it did not return, or timed out again "
+            "and again: a librdkafka bug after a coordinator change): replacing the "
+            "transactional producer; the new one fences the stuck one and aborts its "
+            "transaction"
         )
         self._stuck.append(self.publisher.producer)
         self.publisher.replace(self.make_producer())
@@ -350,12 +352,16 @@ class TransactionalCheckpoint:
         self.host.serve_group(self.backoff.next_delay())
         return False
 
-    def _retrying(self, step: Callable[[], None], what: str) -> KafkaError | None:
+    def _retrying(
+        self, step: Callable[[], None], what: str, stuck_after_timeouts: int | None = None
+    ) -> KafkaError | None:
         """Run ``step``, repeating it while it fails retriably; the error that ends it, or None.
 
-        Gives up on a retriable error only when shutdown's bound ran out.
+        Gives up on a retriable error only when shutdown's bound ran out. With
+        ``stuck_after_timeouts``, that many timeouts in a row raise ``_StuckProducer``.
         """
         backoff = Backoff()
+        timeouts = 0
         while True:
             try:
                 step()
@@ -367,6 +373,9 @@ class TransactionalCheckpoint:
                     return err
                 if self.host.stopping_past_deadline():
                     return err
+                timeouts = timeouts + 1 if err.code() == KafkaError._TIMED_OUT else 0
+                if stuck_after_timeouts is not None and timeouts >= stuck_after_timeouts:
+                    raise _StuckProducer from None
                 delay = backoff.next_delay()
                 log.warning("transaction %s: %s; retrying in %.1fs", what, describe(err), delay)
                 self.host.serve_group(delay)
@@ -399,6 +408,9 @@ class TransactionalCheckpoint:
 
 
 SEND_OFFSETS_TIMEOUT_S = 10.0
+# After a broker restart librdkafka can also keep timing out on a coordinator that is
+# back (seen for minutes); a new producer finds it at once.
+SEND_OFFSETS_TIMEOUTS_STUCK = 3
 STUCK_GRACE_S = 5.0  # beyond its own timeout, a librdkafka call is considered stuck
 
 

@@ -1,0 +1,102 @@
+"""Exactly-once commit steps around a transactional producer that keeps timing out
+(pure logic: stand-ins for the Kafka clients)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+
+from monitor.stream.checkpoint import (
+    SEND_OFFSETS_TIMEOUTS_STUCK,
+    BatchOffsets,
+    TransactionalCheckpoint,
+)
+from monitor.stream.publisher import Publisher
+
+
+class TxnProducer:
+    """Records the transactional calls; ``send_offsets`` times out when told to."""
+
+    def __init__(self, times_out: bool) -> None:
+        self.times_out = times_out
+        self.calls: list[str] = []
+
+    def init_transactions(self, timeout: float) -> None:
+        self.calls.append("init")
+
+    def begin_transaction(self) -> None:
+        self.calls.append("begin")
+
+    def send_offsets_to_transaction(self, offsets: Any, metadata: Any, timeout: float) -> None:
+        self.calls.append("send_offsets")
+        if self.times_out:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "timed out", retriable=True))
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+class Host:
+    consumer: Any = None
+
+    def __init__(self) -> None:
+        self.rewound: list[BatchOffsets] = []
+
+    def serve_group(self, seconds: float) -> None:
+        pass
+
+    def is_assigned(self, tp: Any) -> bool:
+        return True
+
+    def stopping_past_deadline(self) -> bool:
+        return False
+
+    def rewind(self, offsets: BatchOffsets) -> None:
+        self.rewound.append(offsets)
+
+    def commit_offsets(self, offsets: Any) -> None:
+        raise AssertionError("exactly-once commits offsets in the transaction")
+
+    def group_metadata(self) -> Any:
+        return object()
+
+
+class NullMetrics:
+    def __getattr__(self, _name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def test_send_offsets_timing_out_again_and_again_replaces_the_producer() -> None:
+    """After a broker restart librdkafka can keep timing out on a coordinator that is back:
+    after a few timeouts in a row the checkpoint swaps in a new transactional producer and
+    gives the batch back for re-processing, instead of retrying for ever."""
+    stuck = TxnProducer(times_out=True)
+    fresh = TxnProducer(times_out=False)
+    host = Host()
+    publisher = Publisher(stuck)  # type: ignore[arg-type]
+    checkpoint = TransactionalCheckpoint(
+        host,
+        publisher,
+        NullMetrics(),
+        make_producer=lambda: fresh,  # type: ignore[arg-type,return-value]
+    )
+    offsets = BatchOffsets({("in", 0): 0}, {("in", 0): 10})
+    checkpoint.begin(offsets)
+    assert checkpoint.commit(offsets) is False
+    assert stuck.calls.count("send_offsets") == SEND_OFFSETS_TIMEOUTS_STUCK
+    assert publisher.producer is fresh and fresh.calls == ["init"]
+    assert host.rewound == [offsets]
+
+    checkpoint.begin(offsets)  # the batch again, through the new producer
+    assert checkpoint.commit(offsets) is True
+    assert fresh.calls == ["init", "begin", "send_offsets", "commit"]
