@@ -266,27 +266,20 @@ class ModelDistillation:
         thread (the worker's prefetch) is waiting to run Python.
         """
         if self._classes is None:
-            model, distilled = self.model, self.distilled_model
-            loss_type, temperature = self.loss_type, self.temperature
+            score_x, score_y, _ = self._functions()
 
             def top(p: tf.Tensor) -> tf.Tensor:
                 return tf.argmax(p, axis=1, output_type=tf.int32)
 
-            @tf.function(input_signature=[self._input_spec()])
+            @tf.function(input_signature=score_x.input_signature)
             def classes_x(x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-                y = tf.cast(model(x, training=False), tf.float32)
-                y_d = tf.cast(distilled(x, training=False), tf.float32)
-                return instance_scores(y, y_d, loss_type, temperature), top(y), top(y_d)
+                score, y, y_d = score_x(x)
+                return score, top(y), top(y_d)
 
-            @tf.function(
-                input_signature=[
-                    tf.TensorSpec((None, self._n_classes), tf.float32),
-                    self._input_spec(),
-                ]
-            )
+            @tf.function(input_signature=score_y.input_signature)
             def classes_y(y: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-                y_d = tf.cast(distilled(x, training=False), tf.float32)
-                return instance_scores(y, y_d, loss_type, temperature), top(y), top(y_d)
+                score, y_d = score_y(y, x)
+                return score, top(y), top(y_d)
 
             self._classes = (classes_x.get_concrete_function(), classes_y.get_concrete_function())
         return self._classes

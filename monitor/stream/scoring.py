@@ -48,25 +48,13 @@ def identity_of(detector: ModelDistillation) -> DetectorIdentity:
 
 
 class DetectorHandle:
-    """The current detector plus what the worker needs to know about it.
-
-    ``score`` may run on another thread than ``reload``: the detector and its identity
-    are swapped together, as one attribute.
-    """
+    """The current detector plus what the worker needs to know about it."""
 
     def __init__(self, path: str | Path, batch_size: int) -> None:
         self.path = Path(path)
         self.batch_size = batch_size
-        self._current = self._load()
+        self.detector, self.identity = self._load()
         self._manifest_mtime = self._mtime()
-
-    @property
-    def detector(self) -> ModelDistillation:
-        return self._current[0]
-
-    @property
-    def identity(self) -> DetectorIdentity:
-        return self._current[1]
 
     def _mtime(self) -> float:
         try:
@@ -114,7 +102,7 @@ class DetectorHandle:
             )
             self._manifest_mtime = self._mtime()
             return False
-        self._current = (detector, identity)
+        self.detector, self.identity = detector, identity
         self._manifest_mtime = self._mtime()
         log.info(
             "detector reloaded: %s v%s (%s) -> %s v%s (%s), threshold %.6g",
@@ -133,8 +121,8 @@ class DetectorHandle:
         only the distilled model runs. Batches where only some rows carry an output are
         scored with the classifier (the decoder gives ``outputs`` only when all rows have one).
         """
-        detector, identity = self._current
-        scores, classifier_class, distilled_class = detector.score_classes(
+        identity = self.identity
+        scores, classifier_class, distilled_class = self.detector.score_classes(
             X, outputs, batch_size=self.batch_size, trusted=True
         )
         return BatchScores(

@@ -76,10 +76,6 @@ class ScoringFailed:
     detail: str
 
 
-NOTHING_TO_SCORE = "nothing to score"  # a batch without rows (all dead letters or ignored)
-Scored = BatchScores | ScoringFailed | str
-
-
 @dataclass
 class RunSummary:
     """What one ``run()`` did; also logged at exit."""
@@ -343,11 +339,11 @@ class Worker:
             return None
         return self._settle()
 
-    def _score(self, decoded: DecodedBatch) -> Scored:
-        """Score a decoded batch. A failure is returned, not raised: the batch's records
-        are dead-lettered with it."""
+    def _score(self, decoded: DecodedBatch) -> BatchScores | ScoringFailed | None:
+        """Score a decoded batch (None when it has no rows). A failure is returned, not
+        raised: the batch's records are dead-lettered with it."""
         if not len(decoded.X):
-            return NOTHING_TO_SCORE
+            return None
         try:
             use_output = self.config.use_record_output
             return self.handle.score(decoded.X, decoded.outputs if use_output else None)
@@ -770,8 +766,8 @@ class Worker:
         if err is None:
             self.metrics.commit_succeeded()
         else:
-            # The next commit covers these offsets; at worst the new owner of a partition
-            # re-processes from the previous commit, so nothing is lost.
+            # The next commit covers these offsets, or _retry_failed_commit once idle; at
+            # worst a partition's new owner re-processes from the previous commit.
             self._recommit = True
             self.metrics.commit_failed()
             log.warning("offset commit failed: %s", describe(err))
