@@ -35,6 +35,7 @@ from worker_harness import (
     metric_sum,
     running_worker,
     scrape,
+    state_of,
     wait_until,
     worker_config,
 )
@@ -592,7 +593,7 @@ def broker_restart(
             t.stop()
             produced.append(t.finish())
         caught_up = []
-        for s, n in zip(setups, produced, strict=True):
+        for s, n, w in zip(setups, produced, workers, strict=True):
             try:
                 wait_until(
                     lambda: s.committed() >= n,  # noqa: B023
@@ -600,7 +601,7 @@ def broker_restart(
                     f"the {s.mode} worker to commit all {n} records after the restart",
                 )
             except AssertionError as exc:
-                raise AssertionError(f"{exc} (committed: {s.committed()})") from None
+                raise AssertionError(f"{exc} (committed: {s.committed()})\n{state_of(w)}") from None
             caught_up.append(time.monotonic() - back)
         seen = [scrape(w.metrics_port or 0) for w in workers]
     reports = []

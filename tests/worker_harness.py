@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,6 +77,30 @@ def running_worker(config: WorkerConfig) -> Iterator[Worker]:
         assert not thread.is_alive(), "worker did not stop within 60 s"
     if errors:
         raise errors[0]
+
+
+def state_of(worker: Worker) -> str:
+    """What an in-process worker is doing, for the message of a test that timed out:
+    its group membership, the prefetch thread's bookkeeping and every thread's stack."""
+    lines = [f"assigned (callbacks): {sorted(worker._assigned)}"]
+    try:
+        lines.append(f"assignment (librdkafka): {worker.consumer.assignment()}")
+    except Exception as exc:  # closed, or busy
+        lines.append(f"assignment: unavailable ({exc})")
+    lines.append(f"unsettled batches: {len(worker._unsettled)}, summary: {worker.summary}")
+    p = worker.prefetcher
+    if p is not None:
+        lines.append(
+            f"prefetch: paused={p._paused} epoch={p._epoch}/{p._seen_epoch} "
+            f"handed={p._handed} queued={len(p._queue)} carry={len(p._carry)} "
+            f"open={len(p.batcher)} pending={p._pending} commits={p._commits}"
+        )
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        if names.get(ident) in ("worker", "prefetch"):
+            stack = "".join(traceback.format_stack(frame)[-6:])
+            lines.append(f"thread {names[ident]}:\n{stack}")
+    return "\n".join(lines)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
