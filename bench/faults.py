@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-for extra in (ROOT / "tests", ROOT / "deploy" / "local"):
+for extra in (ROOT, ROOT / "tests", ROOT / "deploy" / "local"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,6 +55,8 @@ from fault_scenarios import (  # noqa: E402
 )
 from fixtures_kafka import create_topic, delete_topics  # noqa: E402
 from worker_harness import wait_until  # noqa: E402
+
+from bench.workers import children_of, peak_rss_kb  # noqa: E402
 
 CACHE = ROOT / ".local" / "bench"
 RESULTS = ROOT / "bench" / "results"
@@ -123,7 +125,7 @@ def backlog(setup: Setup, n: int, log_dir: Path) -> dict[str, float]:
         first_at, first = time.monotonic(), setup.committed()
         wait_until(lambda: setup.committed() >= n or proc.poll() is not None, 3600, "backlog")
         took = time.monotonic() - first_at
-        peak_kb = _peak_rss_kb(proc.pid)
+        peak_kb = sum(peak_rss_kb(pid) for pid in [proc.pid, *children_of(proc.pid)])
         workers.stop(proc)
     return {
         "records": float(n),
@@ -151,13 +153,6 @@ def _produce_fast(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
                 producer.poll(0.05)
     if producer.flush(300) or failed:
         raise RuntimeError(f"backlog not produced: {failed[:3]}")
-
-
-def _peak_rss_kb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return float(line.split()[1])
-    return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

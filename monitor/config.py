@@ -109,6 +109,23 @@ OPTIONS: tuple[Option, ...] = (
         "committed (uses a second core; --no-prefetch: one thread does everything in turn).",
     ),
     Option(
+        "decode_process",
+        bool,
+        True,
+        "With --prefetch, decode records in a child process: decoding is Python work, and "
+        "in its own interpreter it runs beside scoring instead of taking turns on the GIL "
+        "(--no-decode-process: decode on the prefetch thread).",
+    ),
+    Option(
+        "tf_threads",
+        int,
+        1,
+        "TensorFlow threads per op, intra- and inter-op (0 = TensorFlow's default, one per "
+        "core). The other cores decode, fetch and produce: one is fastest for small "
+        "detectors; raise it for large models on many cores.",
+        minimum=0,
+    ),
+    Option(
         "transaction_ms",
         int,
         100,
@@ -253,6 +270,8 @@ class WorkerConfig:
     max_batch_size: int = 512
     max_batch_wait_ms: int = 100
     prefetch: bool = True
+    decode_process: bool = True
+    tf_threads: int = 1
     transaction_ms: int = 100
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108

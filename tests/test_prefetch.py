@@ -17,6 +17,7 @@ from confluent_kafka import Message, TopicPartition
 
 from monitor.stream.batcher import Batcher
 from monitor.stream.checkpoint import TP
+from monitor.stream.decode_process import Ready
 from monitor.stream.prefetch import Prefetcher, Prepared
 
 TOPIC = "in"
@@ -79,17 +80,48 @@ def offsets_of(messages: list[Message]) -> list[tuple[int, int]]:
     return [(m.partition() or 0, m.offset() or 0) for m in messages]
 
 
+class HeldDecode:
+    """A batch decoded elsewhere (the child process) that finishes when ``go`` is set."""
+
+    def __init__(self, messages: list[Message], go: threading.Event) -> None:
+        self.messages = messages
+        self.go = go
+
+    def ready(self) -> bool:
+        return self.go.is_set()
+
+    def result(self) -> Any:
+        assert self.go.wait(10), "a decode result was waited for that never came"
+        return offsets_of(self.messages)
+
+
+class HeldDecoder:
+    """Submits batches that decode only when the test lets them (but the first ``free``)."""
+
+    def __init__(self, free: int = 0) -> None:
+        self.go = threading.Event()
+        self.free = free
+        self.submitted: list[list[tuple[int, int]]] = []
+
+    def __call__(self, messages: list[Message]) -> HeldDecode | Ready:
+        self.submitted.append(offsets_of(messages))
+        if len(self.submitted) <= self.free:
+            return Ready(offsets_of(messages))  # type: ignore[arg-type]
+        return HeldDecode(messages, self.go)
+
+
 def make(
     consumer: FakeConsumer,
     batch: int = 4,
     depth: int = 2,
     assigned: Callable[[TP], bool] = lambda _tp: True,
+    decode: Callable[[list[Message]], Any] | None = None,
     **kw: Any,
 ) -> Prefetcher:
     prefetcher = Prefetcher(
         consumer,  # type: ignore[arg-type]
         Batcher(batch, 0.01),
-        lambda messages: offsets_of(messages),  # type: ignore[arg-type,return-value]
+        decode or (lambda messages: Ready(offsets_of(messages))),  # type: ignore[arg-type]
         lambda messages: messages,
         assigned,
         lambda exc: None,
@@ -259,3 +291,73 @@ def test_an_error_on_the_thread_is_raised_by_next(stop_after: Any) -> None:
     with pytest.raises(RuntimeError, match="callback failed"):
         for _ in range(50):
             prefetcher.next(0.1)
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_the_next_batch_is_consumed_while_one_is_decoded_elsewhere(stop_after: Any) -> None:
+    consumer = FakeConsumer({0: 12})
+    decoder = HeldDecoder()
+    prefetcher = make(consumer, batch=4, decode=decoder)
+    stop_after(prefetcher)
+    wait_for(lambda: consumer.position[0] >= 8, "the next batch to be consumed")
+    assert decoder.submitted == [[(0, i) for i in range(4)]], "one batch decodes at a time"
+    assert prefetcher.next(0.1) is None, "a batch is handed out only once decoded"
+    decoder.go.set()
+    seen = []
+    for _ in range(3):
+        item = take(prefetcher)
+        assert item.decoded == offsets_of(item.messages)  # type: ignore[comparison-overlap]
+        seen += offsets_of(item.messages)
+        prefetcher.complete(item.offsets, committed=True)
+    assert seen == [(0, i) for i in range(12)], "decoded elsewhere, still in order"
+
+
+def test_a_revoke_while_a_batch_decodes_lets_it_finish_and_commit_first(
+    stop_after: Any,
+) -> None:
+    consumer = FakeConsumer({0: 4})  # one batch: the thread keeps consuming while it decodes
+    decoder = HeldDecoder()
+    prefetcher = make(consumer, batch=4, depth=1, decode=decoder, revoke_grace_s=10.0)
+    stop_after(prefetcher)
+    wait_for(lambda: len(decoder.submitted) == 1, "a batch to be decoding")
+    released: list[int] = []
+
+    def revoke() -> None:  # inside consume(), while the batch decodes
+        released.append(prefetcher.release({(TOPIC, 0)}))
+        del consumer.logs[0]
+
+    consumer.during_consume = revoke
+    wait_for(lambda: consumer.during_consume is None, "the revocation to start")
+    decoder.go.set()
+    item = take(prefetcher)
+    assert offsets_of(item.messages) == decoder.submitted[0]
+    assert not released, "the revoke waits for the decoded batch to be processed"
+    prefetcher.complete(item.offsets, committed=True)
+    wait_for(lambda: bool(released), "the revocation to return")
+    assert prefetcher.next(0.3) is None, "nothing of the revoked partition is handed out"
+
+
+def test_a_rewind_drops_the_batch_being_decoded_and_seeks_before_it(stop_after: Any) -> None:
+    consumer = FakeConsumer({0: 8})
+    decoder = HeldDecoder(free=1)
+    prefetcher = make(consumer, batch=4, depth=2, decode=decoder)
+    stop_after(prefetcher)
+    failed = take(prefetcher)
+    wait_for(lambda: len(decoder.submitted) == 2, "the next batch to be decoding")
+    prefetcher.rewind()
+    prefetcher.complete(failed.offsets, committed=False)
+    decoder.go.set()
+    seen = []
+    for _ in range(2):
+        item = take(prefetcher)
+        seen += offsets_of(item.messages)
+        prefetcher.complete(item.offsets, committed=True)
+    assert seen == [(0, i) for i in range(8)], "everything again, from the rewound batch on"
+    assert consumer.seeks == [(0, 0)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,20 @@ BAD = [
 ]
 
 
+def decoding_children() -> list[int]:
+    """This process's children running the decoding process."""
+    found = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:  # exited meanwhile
+                continue
+            if b"monitor.stream.decode_process" in cmdline:
+                found.append(int(pid))
+    return found
+
+
 def topics(make_topic: Any, partitions: int = 1) -> tuple[str, str, str]:
     return make_topic(partitions), make_topic(1, "alerts"), make_topic(1, "dlq")
 
@@ -90,7 +106,10 @@ def test_worker_alerts_exactly_the_records_above_threshold_and_dead_letters_the_
         metrics = scrape(worker.metrics_port)
         ready = requests.get(f"http://127.0.0.1:{worker.metrics_port}/readyz", timeout=5)
         assert ready.status_code == 200
+        assert decoding_children(), "records are decoded in a child process by default"
     assert sum(committed_offsets(kafka_bootstrap, unique_group, inp, 2)) == len(records)
+    assert not decoding_children(), "a stopped worker leaves no decoding process behind"
+    assert gc.get_freeze_count() == 0, "a stopped worker leaves nothing frozen (it can be freed)"
 
     got = consume_messages(kafka_bootstrap, alerts, len(traffic["flagged"]), timeout=30)
     extra = consume_messages(kafka_bootstrap, alerts, 1, timeout=2, strict=False, group=None)

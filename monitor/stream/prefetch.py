@@ -46,12 +46,16 @@ from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from monitor.stream.batcher import Batcher
 from monitor.stream.checkpoint import TP, BatchOffsets
+from monitor.stream.decode_process import PendingDecode
 from monitor.stream.records import DecodedBatch
 
 log = logging.getLogger(__name__)
 
 #: Longest a queued commit waits for ``consume()`` to return (with nothing to fetch).
 MAX_CONSUME_WAIT_S = 0.1
+#: Longest ``consume()`` waits while a batch is being decoded elsewhere: its result is
+#: collected as soon as it is ready, so a trickle's batch is not held back.
+DECODING_CONSUME_WAIT_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class Prefetcher:
         self,
         consumer: Consumer,
         batcher: Batcher[Message],
-        decode: Callable[[list[Message]], DecodedBatch],
+        decode: Callable[[list[Message]], PendingDecode],
         usable: Callable[[list[Message]], list[Message]],
         is_assigned: Callable[[TP], bool],
         commit_failed: Callable[[KafkaException], None],
@@ -108,6 +112,7 @@ class Prefetcher:
         # This thread's own:
         self._seen_epoch = 0
         self._carry: list[Message] = []  # consumed while paused, or before a reset
+        self._decoding: tuple[list[Message], BatchOffsets, PendingDecode] | None = None
         self._paused = False
         self._reassigned = False
         self._stop = threading.Event()
@@ -191,6 +196,8 @@ class Prefetcher:
         Returns how many not-yet-processed records of those partitions were dropped.
         """
         on_this_thread = threading.current_thread() is self._thread
+        if on_this_thread and self._decoding is not None:
+            self._queue_decoded()  # it finishes with the others (or is rewound with them)
         with self._cond:
             finished = self._cond.wait_for(
                 lambda: (not self._queue and not self._handed) or self._stop.is_set(),
@@ -245,6 +252,9 @@ class Prefetcher:
             self._catch_up()
         if self._paused:
             self._resume()
+        if self._decoding is not None and self._decoding[2].ready():
+            self._queue_decoded()
+            return
         batcher = self.batcher
         if self._carry:
             room = batcher.room
@@ -256,6 +266,8 @@ class Prefetcher:
         timeout = (
             min(batcher.time_left(), MAX_CONSUME_WAIT_S) if len(batcher) else MAX_CONSUME_WAIT_S
         )
+        if self._decoding is not None:
+            timeout = min(timeout, DECODING_CONSUME_WAIT_S)
         messages = self.consumer.consume(num_messages=max(batcher.room, 1), timeout=timeout)
         self._apply_pause_state()
         self._snapshot_group()
@@ -274,8 +286,26 @@ class Prefetcher:
         return len(self._queue) < self.depth
 
     def _hand_over(self, messages: list[Message]) -> None:
-        offsets = BatchOffsets.of(messages)
-        decoded = self.decode(messages)
+        """Start decoding a full batch; the one decoding before it goes to the queue first
+        (consumption order), so the next batch is consumed while this one decodes."""
+        if self._decoding is not None:
+            self._queue_decoded()
+        self._decoding = (messages, BatchOffsets.of(messages), self.decode(messages))
+
+    def _take_decoding(self) -> list[Message]:
+        """Drop the batch being decoded (its result too); returns its messages."""
+        if self._decoding is None:
+            return []
+        messages, _offsets, pending = self._decoding
+        self._decoding = None
+        pending.result()  # the decoder answers in order: this answer must not be left over
+        return messages
+
+    def _queue_decoded(self) -> None:
+        assert self._decoding is not None
+        messages, offsets, pending = self._decoding
+        self._decoding = None
+        decoded = pending.result()
         with self._cond:
             if self._seen_epoch != self._epoch:
                 self._carry = messages + self._carry  # the reset will seek before these
@@ -294,7 +324,7 @@ class Prefetcher:
 
     def _catch_up(self) -> None:
         """Seek every partition back to its first record not completed; drop what is held."""
-        held = self.batcher.take() + self._carry
+        held = self._take_decoding() + self.batcher.take() + self._carry
         self._carry = []
         with self._cond:
             targets = dict(self._pending)
@@ -388,4 +418,5 @@ class Prefetcher:
         """Records consumed and not handed to the worker yet (for tests and metrics)."""
         with self._cond:
             queued = sum(len(p.messages) for p in self._queue)
-        return queued + len(self.batcher) + len(self._carry)
+        decoding = len(self._decoding[0]) if self._decoding is not None else 0
+        return queued + decoding + len(self.batcher) + len(self._carry)

@@ -22,6 +22,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def limit_tensorflow_threads(threads: int) -> None:
+    """Run TensorFlow's ops on ``threads`` threads (intra- and inter-op; 0 = its default,
+    one per core).
+
+    The worker's other cores are busy decoding (the child process), fetching and
+    producing (librdkafka) and, often, serving the broker: a small detector's kernels
+    split across threads that wait for those cores finish later than on one thread.
+    Only possible before TensorFlow's runtime starts; a process that already ran
+    TensorFlow (tests, notebooks) keeps its setting.
+    """
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if current != threads:
+            log.info(
+                "TensorFlow already started: keeping its %s intra-op thread(s)",
+                current or "default",
+            )
+
+
 @dataclass(frozen=True)
 class BatchScores:
     scores: np.ndarray  # float32 (n,)

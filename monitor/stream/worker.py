@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import FrameType
@@ -42,6 +42,7 @@ from monitor.stream.checkpoint import (
     BatchOffsets,
     TransactionalCheckpoint,
 )
+from monitor.stream.decode_process import DecodeProcess, PendingDecode, Ready
 from monitor.stream.drift import DriftResult, DriftWindow
 from monitor.stream.prefetch import Prefetcher
 from monitor.stream.publisher import Outgoing, Publisher, describe
@@ -53,7 +54,7 @@ from monitor.stream.records import (
     RecordFormat,
     record_identity,
 )
-from monitor.stream.scoring import BatchScores, DetectorHandle
+from monitor.stream.scoring import BatchScores, DetectorHandle, limit_tensorflow_threads
 from monitor.stream.topics import ensure_topics
 
 log = logging.getLogger("monitor.worker")
@@ -166,6 +167,7 @@ class Worker:
         """Run until stopped (signal, ``request_stop``) or ``max_records`` were consumed."""
         cfg = self.config
         with ExitStack() as stack:
+            limit_tensorflow_threads(cfg.tf_threads)
             self.handle = DetectorHandle(cfg.detector, cfg.max_batch_size)
             self.decoder_format = RecordFormat(cfg.record_format)
             self.decoder = RecordDecoder(
@@ -213,13 +215,17 @@ class Worker:
                 on_lost=self._on_lost,
             )
             if cfg.prefetch:
-                self.prefetcher = self._make_prefetcher()
+                self.prefetcher = self._make_prefetcher(stack)
                 stack.callback(self.prefetcher.stop)  # before the consumer closes
                 self.prefetcher.start()
             # Start-up made millions of long-lived objects (TensorFlow, Keras, the model):
             # keep the collector from scanning them again on every full collection.
             gc.collect()
             gc.freeze()
+            # ...and let them go when it stops: a process that runs workers one after another
+            # (tests, notebooks) would otherwise keep every finished one, cycles, producers,
+            # their threads and connections included, frozen for good.
+            stack.callback(gc.unfreeze)
             if self.handle_signals:
                 self._install_signals(stack)
             self.metrics.set_up(True)
@@ -671,11 +677,22 @@ class Worker:
         reference = np.asarray(manifest.reference_scores if manifest else [], dtype=np.float64)
         return DriftWindow(reference, cfg.drift_window, cfg.drift_p_value)
 
-    def _make_prefetcher(self) -> Prefetcher:
+    def _make_prefetcher(self, stack: ExitStack) -> Prefetcher:
+        decoder = self.decoder  # not thread-safe: the prefetch thread is its only user
+
+        def decode_here(messages: list[Message]) -> PendingDecode:
+            return Ready(decoder.decode(messages))
+
+        submit: Callable[[list[Message]], PendingDecode] = decode_here
+        if self.config.decode_process:
+            process = DecodeProcess(decoder.spec, self.decoder_format)
+            process.start()
+            stack.callback(process.close)  # after the prefetch thread stopped
+            submit = process.submit
         return Prefetcher(
             self.consumer,
             self.batcher,
-            self.decoder.decode,  # the decoder is not thread-safe: that thread is its only user
+            submit,
             self._usable,
             self.is_assigned,
             self._commit_refused,
