@@ -135,6 +135,7 @@ def populated_metrics(include_process: bool = True) -> WorkerMetrics:
     m.alert_publish_failed()
     m.commit_succeeded()
     m.commit_failed()
+    m.decoder_process_failed()
     m.transaction("committed")
     m.batch_processed(512, 0.02)
     m.end_to_end_latency(rng.uniform(0.01, 0.3, size=3000))

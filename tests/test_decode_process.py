@@ -62,6 +62,8 @@ def test_child_decodes_exactly_as_the_worker_would(process: DecodeProcess) -> No
 
 
 def test_a_killed_child_costs_no_batch_and_is_replaced(process: DecodeProcess) -> None:
+    failures: list[None] = []
+    process.on_failure = lambda: failures.append(None)
     messages = mixed_batch()
     want = RecordDecoder(SPEC, RecordFormat.JSON).decode(messages)
     first = process.pid
@@ -72,6 +74,7 @@ def test_a_killed_child_costs_no_batch_and_is_replaced(process: DecodeProcess) -
     assert_same(process.decode(messages), want)  # by a new child
     assert process.pid not in (None, first)
     assert process.fallbacks == 1
+    assert len(failures) == 1, "the failure is reported once (a metric counts it)"
 
 
 def test_a_hung_child_is_killed_after_the_timeout(process: DecodeProcess) -> None:

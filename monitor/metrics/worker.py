@@ -111,6 +111,12 @@ class WorkerMetrics:
         )
         self._commits = Counter(f"{p}commits", "Successful offset commits.", registry=r)
         self._commit_failures = Counter(f"{p}commit_failures", "Failed offset commits.", registry=r)
+        self._decoder_failures = Counter(
+            f"{p}decoder_process_failures",
+            "Batches the decoding child process failed (died, hung or broke its pipe); each "
+            "was decoded in the worker instead and the child restarted.",
+            registry=r,
+        )
         self._transactions = Counter(
             f"{p}transactions",
             "Kafka transactions finished in exactly-once mode, by outcome.",
@@ -316,6 +322,9 @@ class WorkerMetrics:
 
     def commit_failed(self) -> None:
         self._commit_failures.inc()
+
+    def decoder_process_failed(self) -> None:
+        self._decoder_failures.inc()
 
     def transaction(self, outcome: str) -> None:
         """Count a finished transaction; outcome is "committed" or "aborted"."""

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -170,12 +170,14 @@ class DecodeProcess:
         *,
         timeout_s: float = DECODE_TIMEOUT_S,
         restart_backoff_s: float = RESTART_BACKOFF_S,
+        on_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self.spec = spec
         self.fmt = RecordFormat(fmt)
         self.timeout_s = timeout_s
         self.restart_backoff_s = restart_backoff_s
         self.fallbacks = 0  # batches decoded in this process because the child failed
+        self.on_failure = on_failure
         self._local = RecordDecoder(spec, self.fmt)
         self._conn: Connection | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -268,6 +270,7 @@ class DecodeProcess:
 
     def _failed(self, exc: BaseException) -> None:
         self.fallbacks += 1
+        self.on_failure()
         exitcode = self._process.poll() if self._process is not None else None
         log.warning(
             "decoding process failed (%s%s); this batch is decoded here and a new process "

@@ -685,7 +685,9 @@ class Worker:
 
         submit: Callable[[list[Message]], PendingDecode] = decode_here
         if self.config.decode_process:
-            process = DecodeProcess(decoder.spec, self.decoder_format)
+            process = DecodeProcess(
+                decoder.spec, self.decoder_format, on_failure=self.metrics.decoder_process_failed
+            )
             process.start()
             stack.callback(process.close)  # after the prefetch thread stopped
             submit = process.submit
