@@ -7,6 +7,7 @@ import os
 import signal
 from collections.abc import Iterator
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,17 @@ def test_closing_ends_the_child_cleanly() -> None:
     decoder.close()
     assert child.returncode == 0
     assert decoder.pid is None
+
+
+def test_the_child_starts_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing importable here: the child must find this package
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    decoder = DecodeProcess(SPEC)
+    try:
+        batch = decoder.decode([msg(good_record(SPEC, 3))])
+    finally:
+        decoder.close()
+    assert batch.X.shape == (1, 8, 8)
+    assert decoder.fallbacks == 0, "decoded by the child, not in-process"

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Protocol
 
 from monitor.stream.headers import Headers
@@ -197,11 +199,16 @@ class DecodeProcess:
             "max_message_bytes": self.spec.max_message_bytes,
             "format": self.fmt.value,
         }
+        # The child imports this very package, wherever it came from (a checkout, a
+        # worktree, site-packages), not whichever ``monitor`` its path would find first.
+        package_root = str(Path(__file__).resolve().parents[2])
+        python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         with theirs:
             process = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(theirs.fileno()), json.dumps(settings)],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": python_path},
             )
         self._conn, self._process = Connection(ours.detach()), process
         log.info("decoding in a child process (pid %d)", process.pid)
