@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from monitor.errors import FencedError
 from monitor.stream.checkpoint import (
     SEND_OFFSETS_TIMEOUTS_STUCK,
     BatchOffsets,
@@ -100,3 +102,48 @@ def test_send_offsets_timing_out_again_and_again_replaces_the_producer() -> None
     checkpoint.begin(offsets)  # the batch again, through the new producer
     assert checkpoint.commit(offsets) is True
     assert fresh.calls == ["init", "begin", "send_offsets", "commit"]
+
+
+class FailingAbort(TxnProducer):
+    """A producer whose abort fails fatally with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(times_out=False)
+        self.code = code
+
+    def abort_transaction(self, timeout: float) -> None:
+        self.calls.append("abort")
+        raise KafkaException(KafkaError(self.code, "failed", fatal=True))
+
+
+def checkpoint_with(broken: TxnProducer, fresh: TxnProducer, host: Host) -> Any:
+    return TransactionalCheckpoint(
+        host,
+        Publisher(broken),  # type: ignore[arg-type]
+        NullMetrics(),
+        make_producer=lambda: fresh,  # type: ignore[arg-type,return-value]
+    )
+
+
+def test_a_producer_broken_without_being_fenced_is_replaced_and_the_batch_redone() -> None:
+    """Seen after a broker restart: aborting failed fatally with INVALID_TXN_STATE. Nobody
+    else has our transactional id, so the worker carries on with a new producer."""
+    broken, fresh, host = FailingAbort(KafkaError.INVALID_TXN_STATE), TxnProducer(False), Host()
+    checkpoint = checkpoint_with(broken, fresh, host)
+    offsets = BatchOffsets({("in", 0): 0}, {("in", 0): 10})
+    checkpoint.begin(offsets)
+    checkpoint.abort(offsets)
+    assert checkpoint.publisher.producer is fresh and fresh.calls == ["init"]
+    assert host.rewound == [offsets]
+    checkpoint.begin(offsets)
+    assert checkpoint.commit(offsets) is True
+
+
+def test_a_fenced_producer_still_stops_the_worker() -> None:
+    broken, fresh, host = FailingAbort(KafkaError.PRODUCER_FENCED), TxnProducer(False), Host()
+    checkpoint = checkpoint_with(broken, fresh, host)
+    offsets = BatchOffsets({("in", 0): 0}, {("in", 0): 10})
+    checkpoint.begin(offsets)
+    with pytest.raises(FencedError, match="fenced"):
+        checkpoint.abort(offsets)
+    assert checkpoint.publisher.producer is broken, "a zombie must not fence the new owner"

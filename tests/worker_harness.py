@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -24,6 +25,8 @@ from monitor.config import WorkerConfig
 from monitor.stream.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
+#: What killed in-process workers' threads, by id(worker) (for ``state_of``).
+CRASHES: dict[int, BaseException] = {}
 
 
 def worker_config(
@@ -63,6 +66,8 @@ def running_worker(config: WorkerConfig) -> Iterator[Worker]:
             worker.run()
         except BaseException as exc:
             errors.append(exc)
+            CRASHES[id(worker)] = exc
+            logging.getLogger("worker_harness").exception("the worker's thread died")
 
     thread = threading.Thread(target=target, name="worker", daemon=True)
     thread.start()
@@ -82,7 +87,9 @@ def running_worker(config: WorkerConfig) -> Iterator[Worker]:
 def state_of(worker: Worker) -> str:
     """What an in-process worker is doing, for the message of a test that timed out:
     its group membership, the prefetch thread's bookkeeping and every thread's stack."""
-    lines = [f"assigned (callbacks): {sorted(worker._assigned)}"]
+    crash = CRASHES.get(id(worker))
+    lines = [f"crashed: {crash!r}" if crash is not None else "the worker's thread is running"]
+    lines.append(f"assigned (callbacks): {sorted(worker._assigned)}")
     try:
         lines.append(f"assignment (librdkafka): {worker.consumer.assignment()}")
     except Exception as exc:  # closed, or busy

@@ -18,6 +18,7 @@ A fenced producer (another instance took our transactional id) raises ``FencedEr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -207,7 +208,9 @@ class TransactionalCheckpoint:
 
     A retriable failure repeats only the step that failed (with backoff, serving the
     group); one that requires an abort aborts and rewinds the batch for re-processing; a
-    fatal one (fenced by an instance with our transactional id) raises ``FencedError``.
+    fatal one raises ``FencedError`` when an instance with our transactional id took over,
+    and otherwise (say ``INVALID_TXN_STATE`` after a broker restart) replaces the producer
+    like a stuck one, below.
 
     Step 2 runs on a helper thread: after the group coordinator went away (a broker
     restart), librdkafka's ``send_offsets_to_transaction`` can block for ever, past its
@@ -248,7 +251,13 @@ class TransactionalCheckpoint:
         try:
             self.publisher.producer.begin_transaction()
         except KafkaException as exc:
-            self._raise_if_fatal(exc, "begin")
+            try:
+                self._raise_if_fatal(exc, "begin")
+            except _BrokenProducer as broken:
+                self._replace_producer(None, str(broken))
+                self.publisher.producer.begin_transaction()
+                self._open = True
+                return
             # The previous abort did not finish (broker away): finish it, then begin.
             self._open = True
             self.abort(None)
@@ -262,7 +271,8 @@ class TransactionalCheckpoint:
         try:
             self.publisher.produce(out)
         except KafkaException as exc:
-            self._raise_if_fatal(exc, "produce")
+            with contextlib.suppress(_BrokenProducer):  # the abort replaces the producer
+                self._raise_if_fatal(exc, "produce")
             self._refused = _error_of(exc)
             log.warning(
                 "producer refused a message (%s); the transaction will be aborted",
@@ -284,12 +294,15 @@ class TransactionalCheckpoint:
                 "send offsets",
                 stuck_after_timeouts=SEND_OFFSETS_TIMEOUTS_STUCK,
             )
+            # Step 3: commit outputs and offsets together.
+            if err is None:
+                err = self._retrying(lambda: producer.commit_transaction(self.timeout), "commit")
         except _StuckProducer:
-            self._replace_producer(offsets)
+            self._replace_producer(offsets, STUCK)
             return False
-        # Step 3: commit outputs and offsets together.
-        if err is None:
-            err = self._retrying(lambda: producer.commit_transaction(self.timeout), "commit")
+        except _BrokenProducer as broken:
+            self._replace_producer(offsets, str(broken))
+            return False
         if err is not None:
             return self._abort_batch(err, offsets)
         self._open = False
@@ -303,9 +316,13 @@ class TransactionalCheckpoint:
         """Abort the open transaction; with ``offsets``, rewind so the batch is re-processed."""
         if not self._open:
             return
-        err = self._retrying(
-            lambda: self.publisher.producer.abort_transaction(self.timeout), "abort"
-        )
+        try:
+            err = self._retrying(
+                lambda: self.publisher.producer.abort_transaction(self.timeout), "abort"
+            )
+        except _BrokenProducer as broken:
+            self._replace_producer(offsets, str(broken))  # its init aborts the transaction
+            return
         if err is not None:
             log.warning("abort failed: %s", describe(err))
         else:
@@ -327,23 +344,27 @@ class TransactionalCheckpoint:
             raise _StuckProducer
         call.result()
 
-    def _replace_producer(self, offsets: BatchOffsets) -> None:
-        """Swap in a new producer with our transactional id; the batch is processed again."""
+    def _replace_producer(self, offsets: BatchOffsets | None, why: str) -> None:
+        """Swap in a new producer with our transactional id, whose ``init_transactions``
+        fences the old one and aborts its transaction; the batch is processed again."""
         if self.make_producer is None:
-            raise FencedError("the transactional producer is stuck and cannot be replaced")
+            raise FencedError(f"the transactional producer cannot be replaced ({why})")
         log.error(
-            "send_offsets_to_transaction is stuck (it did not return, or timed out again "
-            "and again: a librdkafka bug after a coordinator change): replacing the "
-            "transactional producer; the new one fences the stuck one and aborts its "
-            "transaction"
+            "%s: replacing the transactional producer; the new one fences the old one and "
+            "aborts its transaction",
+            why,
         )
         self._stuck.append(self.publisher.producer)
         self.publisher.replace(self.make_producer())
         self._open = False
-        self.init()
+        try:
+            self.init()
+        except _BrokenProducer as again:
+            raise FencedError(f"a new transactional producer failed at once: {again}") from None
         self.metrics.commit_failed()
         self.metrics.transaction("aborted")
-        self.host.rewind(offsets)
+        if offsets is not None:
+            self.host.rewind(offsets)
 
     def _abort_batch(self, why: KafkaError | str, offsets: BatchOffsets) -> bool:
         self.metrics.commit_failed()
@@ -394,17 +415,21 @@ class TransactionalCheckpoint:
                 time.sleep(self.backoff.next_delay())
 
     def _raise_if_fatal(self, exc: KafkaException, what: str) -> None:
-        """A fatal producer error (fenced by a newer instance, or broken) ends this worker.
-
-        The transaction is then closed for good: nothing may be aborted at shutdown, so
-        the consumer still leaves the group at once and its partitions move on.
-        """
+        """A fatal producer error: ``FencedError`` when a newer instance with our
+        transactional id took over (this worker must stop; the transaction is closed for
+        good, so nothing is aborted at shutdown and the partitions move on at once),
+        ``_BrokenProducer`` otherwise (the producer is replaced)."""
         err = _error_of(exc)
-        if err.fatal():
-            self._open = False
+        if not err.fatal():
+            return
+        self._open = False
+        if err.code() in FENCING_ERRORS:
             raise FencedError(
-                f"transactional producer fenced or failed fatally during {what}: {describe(err)}"
+                f"transactional producer fenced during {what}: {describe(err)}"
             ) from None
+        raise _BrokenProducer(
+            f"the transactional producer failed fatally during {what} ({describe(err)})"
+        ) from None
 
 
 SEND_OFFSETS_TIMEOUT_S = 10.0
@@ -414,8 +439,27 @@ SEND_OFFSETS_TIMEOUTS_STUCK = 3
 STUCK_GRACE_S = 5.0  # beyond its own timeout, a librdkafka call is considered stuck
 
 
+STUCK = (
+    "send_offsets_to_transaction is stuck (it did not return, or timed out again and "
+    "again: a librdkafka bug after a coordinator change)"
+)
+#: Fatal errors that mean another instance took our transactional id over.
+FENCING_ERRORS = frozenset(
+    {
+        KafkaError._FENCED,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    }
+)
+
+
 class _StuckProducer(Exception):
     """A transactional API call outlived its timeout."""
+
+
+class _BrokenProducer(Exception):
+    """The transactional producer failed fatally, but nobody fenced it: replace it."""
 
 
 class _Call:

@@ -37,6 +37,7 @@ from monitor.metrics import WorkerMetrics
 from monitor.stream.alerts import alert_payload, dead_letter_headers, drift_payload
 from monitor.stream.batcher import Batcher
 from monitor.stream.checkpoint import (
+    FENCING_ERRORS,
     TP,
     AtLeastOnceCheckpoint,
     BatchOffsets,
@@ -746,7 +747,11 @@ class Worker:
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         self.metrics.broker_error(err.name())
-        if err.fatal():
+        if err.fatal() and self.config.exactly_once and err.code() not in FENCING_ERRORS:
+            # The transactional producer broke without being fenced: the checkpoint
+            # replaces it at its next call, and the batch is processed again.
+            log.error("fatal Kafka error (the producer will be replaced): %s", describe(err))
+        elif err.fatal():
             log.error("fatal Kafka error: %s", describe(err))
             self.request_stop()
         else:
@@ -833,7 +838,11 @@ class Worker:
         return Producer({**self.config.producer_conf(), "error_cb": self._on_kafka_error})
 
     def _flush_producer(self) -> None:
-        left = self.publisher.producer.flush(self.config.shutdown_timeout_s)
+        try:
+            left = self.publisher.producer.flush(self.config.shutdown_timeout_s)
+        except KafkaException as exc:  # a producer failed fatally: nothing more to deliver
+            log.warning("producer flush at exit: %s", describe(exc.args[0] if exc.args else exc))
+            return
         if left:
             log.warning(
                 "%d message(s) not delivered before exit; their batch was not committed", left
