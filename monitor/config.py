@@ -370,7 +370,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for opt in OPTIONS:
         default_text = "" if opt.default in ("", None) else f" Default: {opt.default}."
-        text = f"{opt.help}{default_text} Env: {opt.env}."
+        # argparse %-formats help text (for %(default)s): a literal % must be doubled.
+        text = f"{opt.help}{default_text} Env: {opt.env}.".replace("%", "%%")
         if opt.kind is bool:
             parser.add_argument(
                 opt.flag,

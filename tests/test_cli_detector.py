@@ -76,6 +76,29 @@ def test_help_is_fast_because_it_never_imports_tensorflow() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_every_command_prints_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--help`` of each command renders: argparse %-formats help text, so a literal %
+    in an option's description once made ``run --help`` crash."""
+    from monitor.cli import build_parser
+    from monitor.config import OPTIONS
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert {"run", "fit", "score", "demo"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0, name
+        out = capsys.readouterr().out
+        assert out.startswith("usage: distillation-monitor " + name), name
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    run_help = capsys.readouterr().out
+    for opt in OPTIONS:
+        assert opt.flag in run_help, opt.flag
+    assert "+5 to 15%" in run_help  # the literal % survives
+
+
 def test_fit_trains_to_the_agreement_target_and_saves(
     cli_detector: Path, cli_files: dict[str, Path]
 ) -> None:
