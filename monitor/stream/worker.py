@@ -699,6 +699,7 @@ class Worker:
             self._usable,
             self.is_assigned,
             self._commit_refused,
+            track_group=self.config.exactly_once,
         )
 
     def _make_checkpoint(self) -> AtLeastOnceCheckpoint | TransactionalCheckpoint:
