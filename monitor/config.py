@@ -120,9 +120,10 @@ OPTIONS: tuple[Option, ...] = (
         "tf_threads",
         int,
         0,
-        "TensorFlow threads per op, intra- and inter-op (0 = TensorFlow's default, one per "
-        "core). 1 suits small detectors on small machines, whose other cores decode, fetch "
-        "and produce (+5 to 15% for the digits detector on 2 cores; -22% for a CNN).",
+        "TensorFlow threads per op, intra- and inter-op. 0 = one fewer than the CPUs the "
+        "worker may use (at least 1): decoding, fetching and producing need a core of their "
+        "own (on 2 cores, 1 thread beat TensorFlow's one per core by 5% for the digits "
+        "detector and 2% for a CNN).",
         minimum=0,
     ),
     Option(

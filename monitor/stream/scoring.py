@@ -22,26 +22,35 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def limit_tensorflow_threads(threads: int) -> None:
-    """Run TensorFlow's ops on ``threads`` threads (intra- and inter-op; 0 = its default,
-    one per core).
+def tensorflow_threads(requested: int, cpus: int | None = None) -> int:
+    """Threads for TensorFlow's ops: ``requested``, or for 0 one fewer than the CPUs
+    this process may run on (at least 1).
 
-    The worker's other cores are busy decoding (the child process), fetching and
-    producing (librdkafka) and, often, serving the broker: a small detector's kernels
-    split across threads that wait for those cores finish later than on one thread.
-    Only possible before TensorFlow's runtime starts; a process that already ran
-    TensorFlow (tests, notebooks) keeps its setting.
+    The worker's other work, decoding in its child process, fetching and producing in
+    librdkafka's threads, and often the broker, needs a core too: TensorFlow's default
+    of one thread per core makes a small detector's kernels wait for a core that is busy
+    elsewhere.
     """
-    if threads <= 0:
-        return
+    if requested > 0:
+        return requested
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) - 1)
+
+
+def limit_tensorflow_threads(threads: int) -> None:
+    """Run TensorFlow's ops on ``tensorflow_threads(threads)`` threads (intra- and
+    inter-op). Only possible before TensorFlow's runtime starts; a process that already
+    ran TensorFlow (tests, notebooks) keeps its setting."""
     import tensorflow as tf
 
+    wanted = tensorflow_threads(threads)
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        tf.config.threading.set_intra_op_parallelism_threads(wanted)
+        tf.config.threading.set_inter_op_parallelism_threads(wanted)
     except RuntimeError:
         current = tf.config.threading.get_intra_op_parallelism_threads()
-        if current != threads:
+        if current != wanted:
             log.info(
                 "TensorFlow already started: keeping its %s intra-op thread(s)",
                 current or "default",
