@@ -109,12 +109,14 @@ OPTIONS: tuple[Option, ...] = (
         "committed (uses a second core; --no-prefetch: one thread does everything in turn).",
     ),
     Option(
-        "decode_process",
-        bool,
-        True,
-        "With --prefetch, decode records in a child process: decoding is Python work, and "
-        "in its own interpreter it runs beside scoring instead of taking turns on the GIL "
-        "(--no-decode-process: decode on the prefetch thread).",
+        "decode_processes",
+        int,
+        2,
+        "With --prefetch, decode records in this many child processes, batches taking turns "
+        "(0: on the prefetch thread). Decoding is Python work: in their own interpreters the "
+        "children run beside scoring instead of taking turns on the GIL, and with two, one "
+        "decodes while the other hands its batch back.",
+        minimum=0,
     ),
     Option(
         "tf_threads",
@@ -271,7 +273,7 @@ class WorkerConfig:
     max_batch_size: int = 512
     max_batch_wait_ms: int = 100
     prefetch: bool = True
-    decode_process: bool = True
+    decode_processes: int = 2
     tf_threads: int = 0
     transaction_ms: int = 100
     metrics_host: str = "127.0.0.1"

@@ -361,3 +361,45 @@ def test_a_rewind_drops_the_batch_being_decoded_and_seeks_before_it(stop_after: 
         prefetcher.complete(item.offsets, committed=True)
     assert seen == [(0, i) for i in range(8)], "everything again, from the rewound batch on"
     assert consumer.seeks == [(0, 0)]
+
+
+def test_with_two_decoders_two_batches_decode_at_once_and_arrive_in_order(
+    stop_after: Any,
+) -> None:
+    consumer = FakeConsumer({0: 16})
+    decoder = HeldDecoder()
+    prefetcher = make(consumer, batch=4, decode=decoder, in_flight=2)
+    stop_after(prefetcher)
+    wait_for(lambda: consumer.position[0] >= 12, "a third batch to be consumed")
+    assert decoder.submitted == [[(0, i) for i in range(j, j + 4)] for j in (0, 4)], (
+        "two batches decode at once, and no more"
+    )
+    assert prefetcher.next(0.1) is None, "a batch is handed out only once decoded"
+    decoder.go.set()
+    seen = []
+    for _ in range(4):
+        item = take(prefetcher)
+        seen += offsets_of(item.messages)
+        prefetcher.complete(item.offsets, committed=True)
+    assert seen == [(0, i) for i in range(16)], "in consumption order"
+
+
+def test_a_rewind_drops_every_batch_being_decoded_and_seeks_before_the_first(
+    stop_after: Any,
+) -> None:
+    consumer = FakeConsumer({0: 12})
+    decoder = HeldDecoder(free=1)
+    prefetcher = make(consumer, batch=4, depth=2, decode=decoder, in_flight=2)
+    stop_after(prefetcher)
+    failed = take(prefetcher)
+    wait_for(lambda: len(decoder.submitted) == 3, "the next two batches to be decoding")
+    prefetcher.rewind()
+    prefetcher.complete(failed.offsets, committed=False)
+    decoder.go.set()
+    seen = []
+    for _ in range(3):
+        item = take(prefetcher)
+        seen += offsets_of(item.messages)
+        prefetcher.complete(item.offsets, committed=True)
+    assert seen == [(0, i) for i in range(12)], "everything again, from the rewound batch on"
+    assert consumer.seeks == [(0, 0)]

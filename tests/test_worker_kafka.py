@@ -106,7 +106,7 @@ def test_worker_alerts_exactly_the_records_above_threshold_and_dead_letters_the_
         metrics = scrape(worker.metrics_port)
         ready = requests.get(f"http://127.0.0.1:{worker.metrics_port}/readyz", timeout=5)
         assert ready.status_code == 200
-        assert decoding_children(), "records are decoded in a child process by default"
+        assert len(decoding_children()) == 2, "records are decoded in two child processes"
     assert sum(committed_offsets(kafka_bootstrap, unique_group, inp, 2)) == len(records)
     assert not decoding_children(), "a stopped worker leaves no decoding process behind"
     assert gc.get_freeze_count() == 0, "a stopped worker leaves nothing frozen (it can be freed)"

@@ -88,6 +88,7 @@ class Prefetcher:
         revoke_grace_s: float = 10.0,
         commit_interval_s: float = 0.05,
         track_group: bool = True,
+        in_flight: int = 1,
     ) -> None:
         self.consumer = consumer
         self.batcher = batcher
@@ -100,6 +101,7 @@ class Prefetcher:
         self.revoke_grace_s = revoke_grace_s
         self.commit_interval_s = commit_interval_s
         self.track_group = track_group
+        self.in_flight = max(1, in_flight)
         self._cond = threading.Condition()
         # Shared with the worker's thread, under ``_cond``:
         self._queue: deque[Prepared] = deque()
@@ -114,7 +116,8 @@ class Prefetcher:
         # This thread's own:
         self._seen_epoch = 0
         self._carry: list[Message] = []  # consumed while paused, or before a reset
-        self._decoding: tuple[list[Message], BatchOffsets, PendingDecode] | None = None
+        # Batches handed to the decoder and not answered yet, oldest first.
+        self._decoding: deque[tuple[list[Message], BatchOffsets, PendingDecode]] = deque()
         self._paused = False
         self._reassigned = False
         self._stop = threading.Event()
@@ -201,8 +204,8 @@ class Prefetcher:
         Returns how many not-yet-processed records of those partitions were dropped.
         """
         on_this_thread = threading.current_thread() is self._thread
-        if on_this_thread and self._decoding is not None:
-            self._queue_decoded()  # it finishes with the others (or is rewound with them)
+        while on_this_thread and self._decoding:
+            self._queue_decoded()  # they finish with the others (or are rewound with them)
         with self._cond:
             finished = self._cond.wait_for(
                 lambda: (not self._queue and not self._handed) or self._stop.is_set(),
@@ -257,7 +260,7 @@ class Prefetcher:
             self._catch_up()
         if self._paused:
             self._resume()
-        if self._decoding is not None and self._decoding[2].ready():
+        if self._decoding and self._decoding[0][2].ready():
             self._queue_decoded()
             return
         batcher = self.batcher
@@ -271,7 +274,7 @@ class Prefetcher:
         timeout = (
             min(batcher.time_left(), MAX_CONSUME_WAIT_S) if len(batcher) else MAX_CONSUME_WAIT_S
         )
-        if self._decoding is not None:
+        if self._decoding:
             timeout = min(timeout, DECODING_CONSUME_WAIT_S)
         messages = self.consumer.consume(num_messages=max(batcher.room, 1), timeout=timeout)
         self._apply_pause_state()
@@ -291,25 +294,24 @@ class Prefetcher:
         return len(self._queue) < self.depth
 
     def _hand_over(self, messages: list[Message]) -> None:
-        """Start decoding a full batch; the one decoding before it goes to the queue first
-        (consumption order), so the next batch is consumed while this one decodes."""
-        if self._decoding is not None:
+        """Start decoding a full batch, so the next one is consumed while it decodes; the
+        oldest decoding batches go to the queue first (consumption order) while
+        ``in_flight`` are decoding already."""
+        while len(self._decoding) >= self.in_flight:
             self._queue_decoded()
-        self._decoding = (messages, BatchOffsets.of(messages), self.decode(messages))
+        self._decoding.append((messages, BatchOffsets.of(messages), self.decode(messages)))
 
     def _take_decoding(self) -> list[Message]:
-        """Drop the batch being decoded (its result too); returns its messages."""
-        if self._decoding is None:
-            return []
-        messages, _offsets, pending = self._decoding
-        self._decoding = None
-        pending.result()  # the decoder answers in order: this answer must not be left over
+        """Drop the batches being decoded (their results too); returns their messages."""
+        messages: list[Message] = []
+        while self._decoding:
+            batch, _offsets, pending = self._decoding.popleft()
+            pending.result()  # the decoder answers in order: no answer may be left over
+            messages.extend(batch)
         return messages
 
     def _queue_decoded(self) -> None:
-        assert self._decoding is not None
-        messages, offsets, pending = self._decoding
-        self._decoding = None
+        messages, offsets, pending = self._decoding.popleft()
         decoded = pending.result()
         with self._cond:
             if self._seen_epoch != self._epoch:
@@ -428,5 +430,5 @@ class Prefetcher:
         """Records consumed and not handed to the worker yet (for tests and metrics)."""
         with self._cond:
             queued = sum(len(p.messages) for p in self._queue)
-        decoding = len(self._decoding[0]) if self._decoding is not None else 0
+        decoding = sum(len(batch) for batch, _offsets, _pending in self._decoding)
         return queued + decoding + len(self.batcher) + len(self._carry)

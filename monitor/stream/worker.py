@@ -8,6 +8,7 @@ Delivery guarantees live in ``checkpoint``, decoding in ``records``, payloads in
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import signal
 import threading
@@ -685,13 +686,25 @@ class Worker:
             return Ready(decoder.decode(messages))
 
         submit: Callable[[list[Message]], PendingDecode] = decode_here
-        if self.config.decode_process:
-            process = DecodeProcess(
-                decoder.spec, self.decoder_format, on_failure=self.metrics.decoder_process_failed
-            )
-            process.start()
-            stack.callback(process.close)  # after the prefetch thread stopped
-            submit = process.submit
+        children = self.config.decode_processes
+        if children:
+            processes = []
+            for _ in range(children):
+                process = DecodeProcess(
+                    decoder.spec,
+                    self.decoder_format,
+                    on_failure=self.metrics.decoder_process_failed,
+                )
+                process.start()
+                stack.callback(process.close)  # after the prefetch thread stopped
+                processes.append(process)
+            # Batches take turns; with ``in_flight=children`` and answers taken oldest
+            # first, each child has at most one batch at a time.
+            turns = itertools.cycle(processes)
+
+            def submit(messages: list[Message]) -> PendingDecode:
+                return next(turns).submit(messages)
+
         return Prefetcher(
             self.consumer,
             self.batcher,
@@ -700,6 +713,7 @@ class Worker:
             self.is_assigned,
             self._commit_refused,
             track_group=self.config.exactly_once,
+            in_flight=max(1, children),
         )
 
     def _make_checkpoint(self) -> AtLeastOnceCheckpoint | TransactionalCheckpoint:
