@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 import pytest
 import requests
+from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 from fixtures_kafka import consume_messages, produce_messages
 from worker_harness import (
@@ -27,6 +28,7 @@ from worker_harness import (
 )
 
 from monitor import load_detector
+from monitor.stream.worker import Worker
 
 pytestmark = pytest.mark.kafka
 
@@ -306,6 +308,75 @@ def test_unwritable_alert_topic_holds_the_commit_until_alerts_are_delivered(
     assert committed_offsets(kafka_bootstrap, unique_group, inp, 1) == [len(ids)]
     got = consume_messages(kafka_bootstrap, alerts, len(ids), timeout=30)
     assert {orjson.loads(m.value)["id"] for m in got} == set(ids)
+
+
+class FailsFatallyAfter:
+    """A real producer that fails fatally after ``n`` messages, as an idempotent producer
+    does when librdkafka cannot repair a sequence gap: it reports the error through
+    ``error_cb`` and refuses every later message."""
+
+    def __init__(self, inner: Producer, n: int, error_cb: Any) -> None:
+        self.inner, self.n, self.error_cb = inner, n, error_cb
+        self.produced = 0
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        if self.produced >= self.n:
+            if self.produced == self.n:
+                self.produced += 1
+                self.error_cb(FATAL)
+            raise KafkaException(FATAL)
+        self.produced += 1
+        self.inner.produce(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+FATAL = KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "sequence gap", fatal=True)
+
+
+def test_a_producer_that_fails_fatally_is_replaced_and_no_alert_is_lost(
+    kafka_bootstrap: str,
+    make_topic: Any,
+    unique_group: str,
+    saved_detector_dir: Path,
+    traffic: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At-least-once: the worker swaps in a new producer and processes again the batches
+    not committed, instead of stopping; alerts may repeat, none may be missing."""
+    inp, alerts, dlq = topics(make_topic, partitions=2)
+    records = [
+        (rid.encode(), json_record(rid, inst))
+        for rid, inst in zip(traffic["ids"], traffic["instances"], strict=True)
+    ]
+    produce_messages(kafka_bootstrap, inp, records)
+    made: list[Producer] = []
+    real_new_producer = Worker._new_producer
+
+    def new_producer(worker: Worker) -> Any:
+        made.append(real_new_producer(worker))
+        if len(made) == 1:
+            return FailsFatallyAfter(made[0], 5, worker._on_producer_error)
+        return made[-1]
+
+    monkeypatch.setattr(Worker, "_new_producer", new_producer)
+    cfg = worker_config(
+        kafka_bootstrap, saved_detector_dir, inp, alerts, dlq, unique_group, max_batch_size=16
+    )
+    with running_worker(cfg) as worker:
+        wait_until(lambda: worker.summary.consumed >= len(records), 90, "all records processed")
+        assert len(made) == 2, "one new producer replaced the broken one"
+        assert worker.summary.rewound_batches >= 1, "the batches not committed came back"
+        metrics = scrape(worker.metrics_port or 0)
+    assert sum(committed_offsets(kafka_bootstrap, unique_group, inp, 2)) == len(records)
+    assert metric_sum(metrics, P + "broker_errors_total", code="OUT_OF_ORDER_SEQUENCE_NUMBER") == 1
+    got = consume_messages(
+        kafka_bootstrap, alerts, len(traffic["flagged"]) + 50, timeout=10, strict=False
+    )
+    ids = [orjson.loads(m.value)["id"] for m in got]
+    assert set(ids) == set(traffic["flagged"]), "every flagged record has its alert"
+    assert len(ids) - len(set(ids)) <= 5, "only alerts of the batches in flight repeat"
 
 
 def test_sigterm_mid_stream_then_restart_loses_nothing(

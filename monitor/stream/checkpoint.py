@@ -11,6 +11,11 @@
    confirmed, offsets only move forward (a failed commit is covered by the next one), and
    ``close()`` waits for commits in flight; outcomes reach the consumer's ``on_commit``.
 
+An idempotent producer that failed fatally (say, a sequence gap librdkafka cannot repair
+after a broker restart) takes no more messages: it is replaced by a new one and every
+batch not committed yet is given back, to be processed again (at-least-once allows the
+duplicate alerts this can make), instead of stopping the worker.
+
 ``TransactionalCheckpoint`` puts the batch's alerts, dead letters and input offsets in
 one Kafka transaction: commit, or abort and rewind so the batch is processed again.
 A fenced producer (another instance took our transactional id) raises ``FencedError``.
@@ -124,18 +129,37 @@ class AtLeastOnceCheckpoint:
         publisher: Publisher,
         metrics: CheckpointMetrics,
         flush_timeout: float = 30.0,
+        make_producer: Callable[[], Producer] | None = None,
     ) -> None:
         self.host = host
         self.publisher = publisher
         self.metrics = metrics
         self.flush_timeout = flush_timeout
+        self.make_producer = make_producer
         self.backoff = Backoff()
+        #: Why the producer cannot be used any more (a fatal error), until it is replaced.
+        self.broken: str | None = None
 
     def begin(self, offsets: BatchOffsets) -> None:
         """Nothing to open in this mode."""
 
+    def producer_failed(self, err: KafkaError) -> None:
+        """The producer reported a fatal error (its ``error_cb``): the next commit
+        replaces it."""
+        if self.broken is None:
+            self.broken = describe(err)
+
     def publish(self, out: Outgoing) -> None:
-        self.publisher.produce(out)
+        """Produce; a broken producer's batch is given back at its commit instead."""
+        if self.broken is not None:
+            return
+        try:
+            self.publisher.produce(out)
+        except KafkaException as exc:
+            err = _error_of(exc)
+            if not err.fatal():
+                raise
+            self.producer_failed(err)
 
     def _flush(self) -> list[Outgoing]:
         try:
@@ -143,17 +167,22 @@ class AtLeastOnceCheckpoint:
         except DeliveryError as exc:
             log.warning("delivery still pending: %s", exc)
             return []
+        except KafkaException as exc:
+            self.producer_failed(_error_of(exc))
+            return []
         for out, err in failed[:3]:
             log.warning("could not deliver %s to %s: %s", out.kind, out.topic, describe(err))
         return [out for out, _err in failed]
 
     def commit(self, offsets: BatchOffsets) -> bool:
         # Step 1: flush and collect failures.
-        failed = self._flush()
+        failed = [] if self.broken else self._flush()
         pending_acks = self.publisher.in_flight > 0
         self.backoff.reset()
         # Step 2: retry the failed messages until delivered, or give the batch back.
         while failed or pending_acks:
+            if self.broken is not None:
+                break
             if failed:
                 self.metrics.alert_publish_failed(len(failed))
             if self.host.stopping_past_deadline() or not all(
@@ -173,10 +202,31 @@ class AtLeastOnceCheckpoint:
             )
             self.host.serve_group(delay)
             for out in failed:
-                self.publisher.produce(out)
-            failed = self._flush()
+                self.publish(out)
+            failed = [] if self.broken else self._flush()
             pending_acks = self.publisher.in_flight > 0
+        if self.broken is not None:
+            self._replace_producer(offsets)
+            return False
         return self.commit_acknowledged(offsets)
+
+    def _replace_producer(self, offsets: BatchOffsets) -> None:
+        """Swap in a new producer and give the batches back: what the broken one did not
+        get acknowledged is produced again when they are processed again."""
+        why, self.broken = self.broken, None
+        if self.make_producer is None:
+            raise DeliveryError(f"the producer failed fatally and cannot be replaced ({why})")
+        log.error(
+            "the producer failed fatally (%s): replacing it; the batches not committed yet "
+            "are processed again",
+            why,
+        )
+        old = self.publisher.producer
+        self.publisher.replace(self.make_producer())
+        with contextlib.suppress(KafkaException):  # what it still holds is produced again
+            old.purge()
+        self.metrics.commit_failed()
+        self.host.rewind(offsets)
 
     def commit_acknowledged(self, offsets: BatchOffsets) -> bool:
         """Step 3 alone, for batches whose outputs are all acknowledged already."""

@@ -373,8 +373,9 @@ class Worker:
         """
         if self.prefetcher is None or self._stop.is_set():
             return False
-        if not self.checkpoint.exactly_once:
-            return len(self._unsettled) < MAX_UNACKED_BATCHES
+        if isinstance(self.checkpoint, AtLeastOnceCheckpoint):
+            # a broken producer is replaced at the next commit: don't feed it more batches
+            return len(self._unsettled) < MAX_UNACKED_BATCHES and self.checkpoint.broken is None
         return (
             self.prefetcher.ready()
             and time.monotonic() - self._unsettled_since < self.config.transaction_ms / 1000.0
@@ -718,7 +719,9 @@ class Worker:
 
     def _make_checkpoint(self) -> AtLeastOnceCheckpoint | TransactionalCheckpoint:
         if not self.config.exactly_once:
-            return AtLeastOnceCheckpoint(self, self.publisher, self.metrics)
+            return AtLeastOnceCheckpoint(
+                self, self.publisher, self.metrics, make_producer=self._new_producer
+            )
         checkpoint = TransactionalCheckpoint(
             self, self.publisher, self.metrics, make_producer=self._new_producer
         )
@@ -760,13 +763,21 @@ class Worker:
             return False, f"consume loop stuck for {stalled:.0f}s"
         return True, "ok"
 
+    def _on_producer_error(self, err: KafkaError) -> None:
+        """A producer that failed without being fenced is replaced (the checkpoint does
+        it at its next call, and the batches not committed are processed again)."""
+        if not err.fatal() or (self.config.exactly_once and err.code() in FENCING_ERRORS):
+            self._on_kafka_error(err)
+            return
+        self.metrics.broker_error(err.name())
+        log.error("fatal producer error (the producer will be replaced): %s", describe(err))
+        checkpoint = getattr(self, "checkpoint", None)  # None while starting up
+        if isinstance(checkpoint, AtLeastOnceCheckpoint):
+            checkpoint.producer_failed(err)
+
     def _on_kafka_error(self, err: KafkaError) -> None:
         self.metrics.broker_error(err.name())
-        if err.fatal() and self.config.exactly_once and err.code() not in FENCING_ERRORS:
-            # The transactional producer broke without being fenced: the checkpoint
-            # replaces it at its next call, and the batch is processed again.
-            log.error("fatal Kafka error (the producer will be replaced): %s", describe(err))
-        elif err.fatal():
+        if err.fatal():
             log.error("fatal Kafka error: %s", describe(err))
             self.request_stop()
         else:
@@ -850,7 +861,7 @@ class Worker:
         return self.publisher.producer
 
     def _new_producer(self) -> Producer:
-        return Producer({**self.config.producer_conf(), "error_cb": self._on_kafka_error})
+        return Producer({**self.config.producer_conf(), "error_cb": self._on_producer_error})
 
     def _flush_producer(self) -> None:
         try:
