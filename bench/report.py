@@ -109,11 +109,16 @@ def table(r: dict[str, Any], derived: dict[str, Any]) -> str:
             ("worker_tuned", f"4 worker, at-least-once, --max-batch-size {TUNED_BATCH}"),
         ):
             if run := d.get(key):
+                rates = run.get("rates", [run["rate"]])
+                tries = (
+                    f"best of {', '.join(f'{r:,.0f}' for r in rates)}; " if len(rates) > 1 else ""
+                )
+                alerts = "/".join(f"{a:,}" for a in run.get("all_alerts", [run["alerts"]]))
                 row(
                     what,
                     run["rate"],
-                    f"{run['records']:,} records in {run['seconds']:.1f} s, peak RSS "
-                    f"{max(run['peak_rss_mb']):.0f} MB, alerts {run['alerts']:,}/"
+                    f"{tries}{run['records']:,} records in {run['seconds']:.1f} s, peak RSS "
+                    f"{max(run['peak_rss_mb']):.0f} MB, alerts {alerts} of "
                     f"{run['expected_alerts']:,} expected",
                 )
         if n := d.get("naive"):

@@ -46,6 +46,10 @@ SIZES = {
 }
 STAGES = ("consume", "score", "decode", "naive", "worker", "eos", "tuned", "scale", "steady", "cnn")
 TUNED_BATCH = 2048  # the "tuned" run: larger batches than the default, nothing else changed
+# Every figure the ratios use is the best of this many runs (decoding: of 3 passes): one
+# run on a shared 2-core machine varies by 10 to 15%, and stages and workers must be
+# measured alike for their ratios to mean anything.
+BEST_OF = {"full": 2, "quick": 1}
 
 
 def _local_kafka() -> Any:
@@ -132,6 +136,7 @@ class Suite:
             self.score_seconds,
             self.decode_sample,
         ) = size
+        self.best_of = BEST_OF["quick" if args.quick else "full"]
         self.records = args.records or self.records
         self.cnn_records = args.cnn_records or self.cnn_records
         self.steady_seconds = args.steady_seconds or self.steady_seconds
@@ -202,9 +207,15 @@ class Suite:
         sample = min(n, self.decode_sample)
 
         self.say(f"{det.name}: 1 raw consume")
-        consumed = stages.consume_limit(topic, n, sample, self.bootstrap)
-        out["consume"] = {"rate": consumed.rate, "records": consumed.records}
-        self.say(f"   {consumed.rate:,.0f} records/s")
+        runs = [stages.consume_limit(topic, n, sample, self.bootstrap) for _ in range(self.best_of)]
+        consumed = max(runs, key=lambda c: c.rate)
+        out["consume"] = {
+            "rate": consumed.rate,
+            "records": consumed.records,
+            "rates": [c.rate for c in runs],
+        }
+        self.say(f"   {consumed.rate:,.0f} records/s (best of {[round(c.rate) for c in runs]})")
+        del runs
 
         self.say(f"{det.name}: 3 decode")
         messages = stages.as_messages(consumed.sample, topic)
@@ -219,7 +230,9 @@ class Suite:
         sizes = sorted({*SCORE_BATCHES, self.batch})
         for batch in sizes if full else [b for b in sizes if b <= max(self.batch, 1024)]:
             seconds = self.score_seconds if batch > 1 else min(self.score_seconds, 0.5)
-            out["score"][str(batch)] = stages.score_limit(handle, X, batch, seconds)
+            out["score"][str(batch)] = max(
+                stages.score_limit(handle, X, batch, seconds) for _ in range(self.best_of)
+            )
             self.say(f"   batch {batch}: {out['score'][str(batch)]:,.0f} records/s")
         del X
 
@@ -244,29 +257,38 @@ class Suite:
             modes.append(("worker_tuned", False, [*extra, f"--max-batch-size={TUNED_BATCH}"]))
         for key, eos, options in modes if "worker" not in self.skip else []:
             self.say(f"{det.name}: 4 {key.replace('_', ' ')}, {n:,} records")
-            run = workers.throughput(
-                f"{det.name}-{key.split('_')[1]}",
-                det.path,
-                topic,
-                parts,
-                n,
-                eos,
-                self.logs,
-                bootstrap=self.bootstrap,
-                extra=options,
-            )
-            self.topics.append(run.alert_topic)
-            alerts = len(read_all(run.alert_topic, parts, self.bootstrap))
+            tries = []
+            for _ in range(self.best_of):
+                run = workers.throughput(
+                    f"{det.name}-{key.split('_')[1]}",
+                    det.path,
+                    topic,
+                    parts,
+                    n,
+                    eos,
+                    self.logs,
+                    bootstrap=self.bootstrap,
+                    extra=options,
+                )
+                self.topics.append(run.alert_topic)
+                alerts = len(read_all(run.alert_topic, parts, self.bootstrap))
+                tries.append((run, alerts))
+                self.say(
+                    f"   {run.rate:,.0f} records/s, peak RSS {max(run.peak_rss_mb):.0f} MB, "
+                    f"alerts {alerts:,} (expected {det.flagged_among(n):,})"
+                )
+            run, alerts = max(tries, key=lambda t: t[0].rate)
             out[key] = {
                 **vars(run),
                 "rate": run.rate,
+                "rates": [r.rate for r, _ in tries],
                 "alerts": alerts,
+                "all_alerts": [a for _, a in tries],
                 "expected_alerts": det.flagged_among(n),
+                "peak_rss_mb": [
+                    max(mb) for mb in zip(*(r.peak_rss_mb for r, _ in tries), strict=True)
+                ],
             }
-            self.say(
-                f"   {run.rate:,.0f} records/s, peak RSS {max(run.peak_rss_mb):.0f} MB, "
-                f"alerts {alerts:,} (expected {det.flagged_among(n):,})"
-            )
 
         if full and "scale" not in self.skip:
             self.say(f"{det.name}: 8 two workers in one group")
