@@ -285,6 +285,7 @@ class Suite:
                 "alerts": alerts,
                 "all_alerts": [a for _, a in tries],
                 "expected_alerts": det.flagged_among(n),
+                "peak_rss_runs": [r.peak_rss_mb for r, _ in tries],
                 "peak_rss_mb": [
                     max(mb) for mb in zip(*(r.peak_rss_mb for r, _ in tries), strict=True)
                 ],

@@ -42,15 +42,29 @@ def peak_rss_kb(pid: int) -> float:
     return float("nan")
 
 
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
 def children_of(pid: int) -> list[int]:
-    """Process ids of ``pid``'s children (every thread's)."""
+    """Process ids of ``pid``'s children (every thread's) that run a program of their own.
+
+    A child caught between fork and exec (``subprocess`` spawns some at start-up, and
+    ``ctypes.util.find_library`` runs ``ldconfig``) still shares its parent's memory and
+    reports the parent's RSS as its own: counting it once made a run's peak look 500 MB
+    larger than it was. Such a child has its parent's command line, and is left out.
+    """
     found: list[int] = []
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
             found.extend(int(c) for c in (task / "children").read_text().split())
     except (OSError, ValueError):
         pass
-    return found
+    own = _cmdline(pid)
+    return [c for c in found if (line := _cmdline(c)) is not None and line != own]
 
 
 @dataclass
