@@ -55,9 +55,9 @@ class Publisher:
         delivery callbacks with ``poll`` first); failures are in ``has_failures``."""
         return self._unacked[batch] <= 0
 
-    def poll(self) -> None:
-        """Run the delivery callbacks that are due, without waiting."""
-        self.producer.poll(0)
+    def poll(self, timeout: float = 0.0) -> None:
+        """Run the delivery callbacks that are due, waiting at most ``timeout`` for one."""
+        self.producer.poll(timeout)
 
     @property
     def has_failures(self) -> bool:

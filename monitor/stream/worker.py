@@ -68,6 +68,9 @@ IDLE_POLL_S = 0.5
 MAX_UNACKED_BATCHES = 4
 #: ... and when no next batch comes within this, they are committed, waiting for acks.
 SETTLE_POLL_S = 0.02
+#: With all of them unacknowledged, wait this long for the oldest one's acknowledgements
+#: before taking the full path (flush everything, retry failures, or give batches back).
+MAKE_ROOM_S = 1.0
 LIVENESS_STALL_S = 300.0
 SCORING_ERROR = "scoring_error"
 
@@ -345,6 +348,8 @@ class Worker:
             if not self.checkpoint.exactly_once:
                 self._settle_acknowledged()
             return None
+        if self._pipeline_full() and self._make_room():
+            return None
         return self._settle()
 
     def _score(self, decoded: DecodedBatch) -> BatchScores | ScoringFailed | None:
@@ -380,6 +385,36 @@ class Worker:
             self.prefetcher.ready()
             and time.monotonic() - self._unsettled_since < self.config.transaction_ms / 1000.0
         )
+
+    def _pipeline_full(self) -> bool:
+        """At-least-once with prefetching, at ``MAX_UNACKED_BATCHES`` and nothing wrong."""
+        return (
+            self.prefetcher is not None
+            and isinstance(self.checkpoint, AtLeastOnceCheckpoint)
+            and self.checkpoint.broken is None
+            and not self._stop.is_set()
+            and len(self._unsettled) >= MAX_UNACKED_BATCHES
+        )
+
+    def _make_room(self) -> bool:
+        """Wait for the oldest batch's acknowledgements and commit what they allow.
+
+        Flushing them all instead kept the worker waiting for the newest batch's too
+        (``linger.ms`` included) while the next batch was ready. False when that did not
+        make room within ``MAKE_ROOM_S`` or a delivery failed: ``_settle`` takes over.
+        """
+        deadline = time.monotonic() + MAKE_ROOM_S
+        while True:
+            self._settle_acknowledged()
+            if len(self._unsettled) < MAX_UNACKED_BATCHES:
+                return True
+            if (
+                self.publisher.has_failures
+                or not self._pipeline_full()  # stopping, or the producer broke
+                or time.monotonic() > deadline
+            ):
+                return False
+            self.publisher.poll(0.001)
 
     def _settle_acknowledged(self) -> None:
         """At-least-once: commit the oldest batches whose outputs are all acknowledged,
