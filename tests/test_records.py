@@ -641,3 +641,42 @@ def test_a_wrongly_sized_decode_dead_letters_its_message_not_the_batch(
         batch.X, np.stack([good_instance(FLAT, 0), good_instance(FLAT, 2)])
     )
     assert batch.has_output.tolist() == [False, True]
+
+
+IDS = [b'"r-1"', b'""', b"7", b"7.5", b"true", b"null", b'["x"]', b'{"a": 1}', b'"\\u00e9t\\u00e9"']
+BODIES = [
+    b'{"id": ID, "instance": [1, 2]}',
+    b'{"instance": [1, 2], "output": [0.1, 0.9], "id": ID}',
+    b'{"id": ID, "instance": [1, 2], "user": "u1"}',
+    b'{"id": ID, "instance": [1, 2], "model_name": "m"}',
+    b'{"id": ID, "id": "dup", "instance": [1, 2]}',
+    b'{"instance": [1, 2]}',
+    b'[{"id": ID}]',
+    b'{"id": ID, "instance": [1, 2',
+]
+
+
+@pytest.mark.parametrize("body", BODIES)
+@pytest.mark.parametrize("rid", IDS)
+@pytest.mark.parametrize("row", [0, 2])
+def test_identity_of_plain_json_records_matches_the_general_path(
+    body: bytes, rid: bytes, row: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shortcut for bodies holding only id, instance and output gives what reading
+    the whole body gives, and leaves every other body to it."""
+    import monitor.stream.records as records
+
+    message = msg(body.replace(b"ID", rid), key=b"k", offset=9)
+    fast = record_identity(message, F.JSON, row)
+    monkeypatch.setattr(records, "_plain_json_id", lambda raw: None)
+    assert fast == record_identity(message, F.JSON, row)
+
+
+def test_the_plain_json_shortcut_reads_only_bodies_it_can_answer_for() -> None:
+    from monitor.stream.records import _plain_json_id
+
+    assert _plain_json_id(b'{"id": "r-1", "instance": [1, 2], "output": [0.5]}') == "r-1"
+    assert _plain_json_id(b'{"id": 7, "instance": [1, 2]}') is None  # str(7) is the general path's
+    assert _plain_json_id(b'{"id": "r-1", "user": "u1"}') is None  # context to keep
+    assert _plain_json_id(b'{"id": "r-1",') is None
+    assert _plain_json_id(b'{"id": "r-2"}') == "r-2", "the parser is usable after a failure"

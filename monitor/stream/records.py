@@ -9,6 +9,7 @@ once per batch, vectorised, and a bad row dead-letters its whole message.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -426,13 +427,18 @@ def record_identity(
     ``requestid``, else ``topic/partition/offset``; rows of a message holding several get
     ``#<row>`` appended. Never raises for anything the message holds.
     """
+    resolved = fmt if isinstance(fmt, RecordFormat) else RecordFormat(fmt)
+    headers = message.headers()
+    if resolved is RecordFormat.JSON and not headers:
+        plain_id = _plain_json_id(message.value())
+        if plain_id is not None:
+            return _plain_identity(message, plain_id, row_in_message)
     try:
-        head = read_headers(message.headers())
+        head = read_headers(headers)
     except Exception:
         head = None
     body = _body_of(message.value())
     keys = list(body)
-    resolved = RecordFormat(fmt)
     if resolved is RecordFormat.AUTO:
         try:
             resolved = sniff(keys) or RecordFormat.V2
@@ -458,6 +464,58 @@ def record_identity(
         context=cap_context(
             {k: v for k, v in body.items() if k not in _FIELDS_OF[resolved]}, max_context_bytes
         ),
+        topic=message.topic(),
+        partition=message.partition(),
+        offset=message.offset(),
+        timestamp_ms=ts if ts_type else None,
+    )
+
+
+_PLAIN_JSON_FIELDS = _FIELDS_OF[RecordFormat.JSON]
+_local = threading.local()  # a simdjson parser per thread (a parser is not thread-safe)
+
+
+def _plain_json_id(raw: bytes | None) -> str | None:
+    """The text id of a json body holding nothing but ``id``, ``instance`` and maybe
+    ``output``: the common record, whose identity needs no other field. None for any
+    other body (the general path decides). simdjson reads it without making the
+    numbers into Python floats, which was most of an alert's cost.
+    """
+    if not raw:
+        return None
+    parser = getattr(_local, "parser", None)
+    if parser is None:
+        parser = _local.parser = simdjson.Parser()
+    try:
+        doc = parser.parse(raw)
+    except (ValueError, RuntimeError):
+        _local.parser = None  # a failed or stuck parser: a fresh one next time
+        return None
+    try:
+        if type(doc) is not simdjson.Object:
+            return None
+        keys = list(doc.keys())
+        if (
+            "id" not in keys
+            or len(set(keys)) != len(keys)
+            or not _PLAIN_JSON_FIELDS.issuperset(keys)
+        ):
+            return None
+        value = doc["id"]
+        return text(value) if type(value) is str else None
+    finally:
+        doc = None  # the parser's proxies must be gone before its next parse
+
+
+def _plain_identity(message: MessageLike, record_id: str, row_in_message: int) -> RecordIdentity:
+    key = message.key()
+    ts_type, ts = message.timestamp()
+    return RecordIdentity(
+        id=f"{record_id}#{row_in_message}" if row_in_message > 0 else record_id,
+        key=key.encode() if isinstance(key, str) else key,
+        model=None,
+        event_type=None,
+        context={},
         topic=message.topic(),
         partition=message.partition(),
         offset=message.offset(),
