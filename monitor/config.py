@@ -93,7 +93,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "detector", str, "", "Detector directory (written by fit or demo-detector).", required=True
     ),
-    Option("max_batch_size", int, 512, "A micro-batch closes at this many records...", minimum=1),
+    Option("max_batch_size", int, 1024, "A micro-batch closes at this many records...", minimum=1),
     Option(
         "max_batch_wait_ms",
         int,
@@ -270,7 +270,7 @@ class WorkerConfig:
     drift_topic: str = ""
     group_id: str = "distillation-monitor"
     detector: str = ""
-    max_batch_size: int = 512
+    max_batch_size: int = 1024
     max_batch_wait_ms: int = 100
     prefetch: bool = True
     decode_processes: int = 2
