@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from checkpoint_standins import Host, NullMetrics
+from confluent_kafka import KafkaError, KafkaException
 
 from monitor.errors import DeliveryError
 from monitor.stream.checkpoint import AtLeastOnceCheckpoint, BatchOffsets
@@ -50,32 +51,6 @@ class Producer:
 
     def purge(self) -> None:
         self.purged = True
-
-
-class Host:
-    def __init__(self) -> None:
-        self.rewound: list[BatchOffsets] = []
-        self.committed: list[list[tuple[str, int, int]]] = []
-
-    def serve_group(self, seconds: float) -> None:
-        pass
-
-    def is_assigned(self, tp: Any) -> bool:
-        return True
-
-    def stopping_past_deadline(self) -> bool:
-        return False
-
-    def rewind(self, offsets: BatchOffsets) -> None:
-        self.rewound.append(offsets)
-
-    def commit_offsets(self, offsets: list[TopicPartition]) -> None:
-        self.committed.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
-
-
-class NullMetrics:
-    def __getattr__(self, _name: str) -> Any:
-        return lambda *args, **kwargs: None
 
 
 def checkpoint_with(first: Producer, fresh: Producer | None) -> tuple[Any, Host, Publisher]:

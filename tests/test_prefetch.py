@@ -344,25 +344,6 @@ def test_a_revoke_while_a_batch_decodes_lets_it_finish_and_commit_first(
     assert prefetcher.next(0.3) is None, "nothing of the revoked partition is handed out"
 
 
-def test_a_rewind_drops_the_batch_being_decoded_and_seeks_before_it(stop_after: Any) -> None:
-    consumer = FakeConsumer({0: 8})
-    decoder = HeldDecoder(free=1)
-    prefetcher = make(consumer, batch=4, depth=2, decode=decoder)
-    stop_after(prefetcher)
-    failed = take(prefetcher)
-    wait_for(lambda: len(decoder.submitted) == 2, "the next batch to be decoding")
-    prefetcher.rewind()
-    prefetcher.complete(failed.offsets, committed=False)
-    decoder.go.set()
-    seen = []
-    for _ in range(2):
-        item = take(prefetcher)
-        seen += offsets_of(item.messages)
-        prefetcher.complete(item.offsets, committed=True)
-    assert seen == [(0, i) for i in range(8)], "everything again, from the rewound batch on"
-    assert consumer.seeks == [(0, 0)]
-
-
 def test_with_two_decoders_two_batches_decode_at_once_and_arrive_in_order(
     stop_after: Any,
 ) -> None:
@@ -384,22 +365,26 @@ def test_with_two_decoders_two_batches_decode_at_once_and_arrive_in_order(
     assert seen == [(0, i) for i in range(16)], "in consumption order"
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
 def test_a_rewind_drops_every_batch_being_decoded_and_seeks_before_the_first(
-    stop_after: Any,
+    stop_after: Any, in_flight: int
 ) -> None:
-    consumer = FakeConsumer({0: 12})
+    batches = in_flight + 1  # the failed one, then as many as may decode at once
+    consumer = FakeConsumer({0: 4 * batches})
     decoder = HeldDecoder(free=1)
-    prefetcher = make(consumer, batch=4, depth=2, decode=decoder, in_flight=2)
+    prefetcher = make(consumer, batch=4, depth=2, decode=decoder, in_flight=in_flight)
     stop_after(prefetcher)
     failed = take(prefetcher)
-    wait_for(lambda: len(decoder.submitted) == 3, "the next two batches to be decoding")
+    wait_for(lambda: len(decoder.submitted) == batches, "the next batches to be decoding")
     prefetcher.rewind()
     prefetcher.complete(failed.offsets, committed=False)
     decoder.go.set()
     seen = []
-    for _ in range(3):
+    for _ in range(batches):
         item = take(prefetcher)
         seen += offsets_of(item.messages)
         prefetcher.complete(item.offsets, committed=True)
-    assert seen == [(0, i) for i in range(12)], "everything again, from the rewound batch on"
+    assert seen == [(0, i) for i in range(4 * batches)], (
+        "everything again, from the rewound batch on"
+    )
     assert consumer.seeks == [(0, 0)]

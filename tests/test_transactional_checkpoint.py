@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import checkpoint_standins
 import pytest
+from checkpoint_standins import NullMetrics
 from confluent_kafka import KafkaError, KafkaException
 
 from monitor.errors import FencedError
@@ -48,34 +50,9 @@ class TxnProducer:
         return 0
 
 
-class Host:
-    consumer: Any = None
-
-    def __init__(self) -> None:
-        self.rewound: list[BatchOffsets] = []
-
-    def serve_group(self, seconds: float) -> None:
-        pass
-
-    def is_assigned(self, tp: Any) -> bool:
-        return True
-
-    def stopping_past_deadline(self) -> bool:
-        return False
-
-    def rewind(self, offsets: BatchOffsets) -> None:
-        self.rewound.append(offsets)
-
+class Host(checkpoint_standins.Host):
     def commit_offsets(self, offsets: Any) -> None:
         raise AssertionError("exactly-once commits offsets in the transaction")
-
-    def group_metadata(self) -> Any:
-        return object()
-
-
-class NullMetrics:
-    def __getattr__(self, _name: str) -> Any:
-        return lambda *args, **kwargs: None
 
 
 def test_send_offsets_timing_out_again_and_again_replaces_the_producer() -> None:

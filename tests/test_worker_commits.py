@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from checkpoint_standins import NullMetrics
 from confluent_kafka import KafkaError, TopicPartition
 
 from monitor.config import WorkerConfig
@@ -19,11 +20,6 @@ class RecordingConsumer:
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         self.commits.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
-
-
-class NullMetrics:
-    def __getattr__(self, _name: str) -> Any:
-        return lambda *args, **kwargs: None
 
 
 def idle_worker() -> tuple[Worker, RecordingConsumer]:
