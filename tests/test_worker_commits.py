@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from checkpoint_standins import NullMetrics
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from monitor.config import WorkerConfig
 from monitor.stream.checkpoint import AtLeastOnceCheckpoint, BatchOffsets
@@ -59,13 +59,14 @@ class SlowAcks:
         self._waiting: list[Any] = []
 
     def produce(self, topic: str, value: bytes, key: bytes, **kw: Any) -> None:
-        self._waiting.append(kw["on_delivery"])
+        self._waiting.append((kw["on_delivery"], Message(topic=topic, value=value, key=key)))
 
     def poll(self, timeout: float) -> int:
         if not self._waiting:
             return 0
         err = KafkaError(KafkaError._MSG_TIMED_OUT) if self.fail else None
-        self._waiting.pop(0)(err, None)
+        on_delivery, report = self._waiting.pop(0)
+        on_delivery(err, report)
         return 1
 
     def flush(self, timeout: float) -> int:

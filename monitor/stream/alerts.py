@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -31,6 +32,11 @@ class DetectorIdentity:
     temperature: float
     manifest_hash: str
     threshold: float
+
+    @cached_property
+    def fields(self) -> dict[str, Any]:
+        """``as_dict()`` made once and shared by every payload: never change it."""
+        return self.as_dict()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,7 +71,7 @@ def alert_payload(
         "score": score,
         "threshold": detector.threshold,
         "is_adversarial": True,
-        "detector": detector.as_dict(),
+        "detector": detector.fields,
         "classifier_class": classifier_class,
         "distilled_class": distilled_class,
         "source": {
