@@ -168,6 +168,25 @@ def test_unexpected_failures_become_dead_letters_not_exceptions() -> None:
     assert len(batch.X) == 1
 
 
+def test_an_unreadable_message_takes_its_place_among_the_dead_letters() -> None:
+    class Broken:
+        def value(self) -> bytes:
+            raise KeyError("boom")
+
+        def headers(self) -> None:
+            return None
+
+    messages: list[Any] = [msg(good_record(FLAT)), msg(b"{"), Broken(), msg(b""), Broken()]
+    batch = RecordDecoder(FLAT).decode(messages)
+    assert [(d.index, d.reason) for d in batch.dead] == [
+        (1, Reason.INVALID_JSON),
+        (2, Reason.DECODER_ERROR),
+        (3, Reason.EMPTY),
+        (4, Reason.DECODER_ERROR),
+    ]
+    assert batch.row_message.tolist() == [0]
+
+
 def test_dead_letter_detail_is_bounded() -> None:
     long_key = "k" * 5000
     raw = b'{"%s": 1, "%s": 2}' % (long_key.encode(), long_key.encode())

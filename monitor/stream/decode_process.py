@@ -53,49 +53,18 @@ def _pack(messages: Sequence[MessageLike]) -> _Payload:
     return blob, lengths, headers if any(h is not None for h in headers) else None
 
 
-def _unpack(payload: _Payload) -> list[_Raw]:
+def _unpack(payload: _Payload) -> tuple[list[bytes | None], list[Headers | None] | None]:
+    """The values (slices of the joined ``bytes``) and headers ``_pack`` sent."""
     blob, lengths, headers = payload
-    raws: list[_Raw] = []
+    values: list[bytes | None] = []
     start = 0
-    for i, n in enumerate(lengths):
+    for n in lengths:
         if n < 0:
-            value = None
+            values.append(None)
         else:
-            value = blob[start : start + n]
+            values.append(blob[start : start + n])
             start += n
-        raws.append(_Raw(value, headers[i] if headers is not None else None))
-    return raws
-
-
-class _Raw:
-    """A message as the child sees it: just the two parts the decoder reads."""
-
-    __slots__ = ("_headers", "_value")
-
-    def __init__(self, value: bytes | None, headers: Headers | None) -> None:
-        self._value = value
-        self._headers = headers
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def headers(self) -> Headers | None:
-        return self._headers
-
-    def key(self) -> None:
-        return None
-
-    def topic(self) -> None:
-        return None
-
-    def partition(self) -> None:
-        return None
-
-    def offset(self) -> None:
-        return None
-
-    def timestamp(self) -> tuple[int, int]:
-        return (0, 0)
+    return values, headers
 
 
 def _serve(conn: Connection, spec: InputSpec, fmt: RecordFormat) -> None:
@@ -106,7 +75,7 @@ def _serve(conn: Connection, spec: InputSpec, fmt: RecordFormat) -> None:
             payload: _Payload = conn.recv()
         except (EOFError, OSError):
             return
-        conn.send(decoder.decode(_unpack(payload)))
+        conn.send(decoder.decode_values(*_unpack(payload)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
