@@ -29,6 +29,7 @@ from monitor.stream.records import (
     RecordDecoder,
     RecordFormat,
     record_identity,
+    record_times,
 )
 
 F = RecordFormat
@@ -699,3 +700,10 @@ def test_the_plain_json_shortcut_reads_only_bodies_it_can_answer_for() -> None:
     assert _plain_json_id(b'{"id": "r-1", "user": "u1"}') is None  # context to keep
     assert _plain_json_id(b'{"id": "r-1",') is None
     assert _plain_json_id(b'{"id": "r-2"}') == "r-2", "the parser is usable after a failure"
+
+
+def test_record_times_are_seconds_and_zero_where_a_message_has_none() -> None:
+    stamped = msg(b"{}")  # 1_700_000_000_000 ms
+    unstamped = Message(topic="records", value=b"{}", timestamp=(0, -1))
+    times = record_times([stamped, unstamped, stamped])
+    assert times.tolist() == [1_700_000_000.0, 0.0, 1_700_000_000.0]

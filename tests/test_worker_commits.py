@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 from checkpoint_standins import NullMetrics
 from confluent_kafka import KafkaError, Message, TopicPartition
 
@@ -108,6 +109,7 @@ def pipelined_worker(producer: SlowAcks) -> tuple[Worker, RecordingPrefetcher]:
                 0.0,
                 [],
                 worker.publisher.next_batch(),
+                np.zeros(0),
             )
         )
     return worker, prefetcher

@@ -42,12 +42,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
 from monitor.stream.batcher import Batcher
 from monitor.stream.checkpoint import TP, BatchOffsets
 from monitor.stream.decode_process import PendingDecode
-from monitor.stream.records import DecodedBatch
+from monitor.stream.records import DecodedBatch, record_times
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Prepared:
     messages: list[Message]
     decoded: DecodedBatch
     offsets: BatchOffsets
+    times: np.ndarray  # ``record_times(messages)``, taken here, off the worker's thread
 
 
 def _tp(message: Message) -> TP:
@@ -313,11 +315,12 @@ class Prefetcher:
     def _queue_decoded(self) -> None:
         messages, offsets, pending = self._decoding.popleft()
         decoded = pending.result()
+        times = record_times(messages)
         with self._cond:
             if self._seen_epoch != self._epoch:
                 self._carry = messages + self._carry  # the reset will seek before these
                 return
-            self._queue.append(Prepared(messages, decoded, offsets))
+            self._queue.append(Prepared(messages, decoded, offsets, times))
             for tp, first in offsets.first.items():
                 self._pending.setdefault(tp, first)
             self._taken_next.update(offsets.next)

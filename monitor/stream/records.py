@@ -65,6 +65,7 @@ __all__ = [
     "RecordFormat",
     "RecordIdentity",
     "record_identity",
+    "record_times",
 ]
 
 #: Longest dead-letter detail (it travels in a Kafka header).
@@ -90,6 +91,14 @@ class MessageLike(Protocol):
     def partition(self) -> int | None: ...
     def offset(self) -> int | None: ...
     def timestamp(self) -> tuple[int, int]: ...
+
+
+def record_times(messages: Sequence[MessageLike]) -> np.ndarray:
+    """Each message's timestamp in seconds since the epoch, 0 where it has none."""
+    stamps = np.fromiter(
+        (m.timestamp()[1] for m in messages), dtype=np.float64, count=len(messages)
+    )
+    return np.where(stamps > 0, stamps / 1000.0, 0.0)
 
 
 @dataclass

@@ -55,6 +55,7 @@ from monitor.stream.records import (
     RecordDecoder,
     RecordFormat,
     record_identity,
+    record_times,
 )
 from monitor.stream.scoring import BatchScores, DetectorHandle, limit_tensorflow_threads
 from monitor.stream.topics import ensure_topics
@@ -107,6 +108,7 @@ class _Processed:
     started: float
     dead_reasons: list[str]
     output_batch: int  # the publisher's batch number of its alerts and dead letters
+    times: np.ndarray  # of its records (``record_times``), for the end-to-end latency
 
 
 def _merged(parts: list[BatchOffsets]) -> BatchOffsets:
@@ -250,7 +252,7 @@ class Worker:
                 if self.prefetcher is not None:
                     ready = self.prefetcher.next(SETTLE_POLL_S if self._unsettled else IDLE_POLL_S)
                     if ready is not None:
-                        self._process(ready.messages, ready.decoded, ready.offsets)
+                        self._process(ready.messages, ready.decoded, ready.offsets, ready.times)
                     else:
                         self._settle()
                         self._retry_failed_commit()
@@ -306,6 +308,7 @@ class Worker:
         messages: list[Message],
         decoded: DecodedBatch | None = None,
         offsets: BatchOffsets | None = None,
+        times: np.ndarray | None = None,
     ) -> bool | None:
         """Decode (unless prefetched), score, publish and commit one batch.
 
@@ -342,6 +345,7 @@ class Worker:
                 started,
                 self._dead_reasons,
                 self.publisher.next_batch(),
+                record_times(messages) if times is None else times,
             )
         )
         if self._may_extend():
@@ -449,7 +453,7 @@ class Worker:
         if committed:
             for b in batches:
                 self._dead_reasons = b.dead_reasons
-                self._account(b.messages, b.decoded, b.scores, time.perf_counter() - b.started)
+                self._account(b, time.perf_counter() - b.started)
                 for result in b.drift:
                     self.metrics.set_drift(result.p_value, result.drifted)
                     if result.drifted:
@@ -507,8 +511,9 @@ class Worker:
         )
         self._dead_reasons.append(reason)
 
-    def _account(self, messages: list[Message], decoded: Any, scores: Any, seconds: float) -> None:
+    def _account(self, batch: _Processed, seconds: float) -> None:
         """Metrics and counters for a committed batch."""
+        messages, decoded, scores = batch.messages, batch.decoded, batch.scores
         m = self.metrics
         s = self.summary
         n = len(messages)
@@ -529,8 +534,7 @@ class Worker:
             s.scored += len(scores.scores)
             s.flagged += int(scores.flagged.sum())
         m.batch_processed(n, seconds)
-        stamps = np.fromiter((msg.timestamp()[1] for msg in messages), dtype=np.float64, count=n)
-        stamps = stamps[stamps > 0] / 1000.0
+        stamps = batch.times[batch.times > 0]
         if stamps.size:
             now = time.time()
             m.end_to_end_latency(np.maximum(now - stamps, 0.0))
