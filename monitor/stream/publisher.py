@@ -1,8 +1,9 @@
 """Producing alerts and dead letters, and knowing which ones the broker acknowledged.
 
 The delivery callback only records; errors surface in ``flush()``, on the worker's
-thread, where the batch's commit can be held back. Failed messages are kept whole so
-that they, and only they, can be produced again.
+thread, where the batch's commit can be held back. Failed messages are kept whole (or,
+without headers, rebuilt from their delivery reports) so that they, and only they, can be
+produced again.
 """
 
 from __future__ import annotations
