@@ -62,6 +62,14 @@ def test_child_decodes_exactly_as_the_worker_would(process: DecodeProcess) -> No
     assert process.fallbacks == 0
 
 
+def test_a_batch_without_rows_comes_back_as_one(process: DecodeProcess) -> None:
+    messages = [msg(b"{"), msg(None), msg(good_record(SPEC, 1), [("ce_type", b"x.response")])]
+    got = process.decode(messages)
+    assert got.X.shape == (0, 8, 8) and got.X.dtype == np.float32
+    assert_same(got, RecordDecoder(SPEC, RecordFormat.JSON).decode(messages))
+    assert process.fallbacks == 0
+
+
 def test_a_killed_child_costs_no_batch_and_is_replaced(process: DecodeProcess) -> None:
     failures: list[None] = []
     process.on_failure = lambda: failures.append(None)
