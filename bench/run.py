@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench import detectors, latency, naive, prepare, stages, workers  # noqa: E402
 from bench.kafkautil import BOOTSTRAP, admin, delete_topics, read_all, stale_topics  # noqa: E402
-from bench.report import derive, table  # noqa: E402
+from bench.report import TUNED_BATCH, derive, table  # noqa: E402
 
 CACHE = ROOT / ".local" / "bench"
 RESULTS = ROOT / "bench" / "results"
@@ -45,7 +45,6 @@ SIZES = {
     "quick": (100_000, 4_000, 500, 5.0, 20.0, 0.5, 100_000),
 }
 STAGES = ("consume", "score", "decode", "naive", "worker", "eos", "tuned", "scale", "steady", "cnn")
-TUNED_BATCH = 2048  # the "tuned" run: larger batches than the default, nothing else changed
 # Every figure the ratios use is the best of this many runs (decoding: of 3 passes): one
 # run on a shared 2-core machine varies by 10 to 15%, and stages and workers must be
 # measured alike for their ratios to mean anything.

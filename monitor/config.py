@@ -93,7 +93,15 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "detector", str, "", "Detector directory (written by fit or demo-detector).", required=True
     ),
-    Option("max_batch_size", int, 1024, "A micro-batch closes at this many records...", minimum=1),
+    Option("max_batch_size", int, 2048, "A micro-batch closes at this many records...", minimum=1),
+    Option(
+        "max_batch_bytes",
+        int,
+        16 * 1024 * 1024,
+        "...or once its records' values hold this many bytes (a larger record is a batch "
+        "of its own): large records make smaller batches, which bounds memory...",
+        minimum=1,
+    ),
     Option(
         "max_batch_wait_ms",
         int,
@@ -270,7 +278,8 @@ class WorkerConfig:
     drift_topic: str = ""
     group_id: str = "distillation-monitor"
     detector: str = ""
-    max_batch_size: int = 1024
+    max_batch_size: int = 2048
+    max_batch_bytes: int = 16 * 1024 * 1024
     max_batch_wait_ms: int = 100
     prefetch: bool = True
     decode_processes: int = 2

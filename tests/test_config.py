@@ -34,7 +34,8 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_defaults_match_the_documented_ones(detector_dir: Path) -> None:
     cfg = load_config(parse("--detector", str(detector_dir)), environ={})
     assert cfg.bootstrap_servers == "127.0.0.1:19092"
-    assert cfg.max_batch_size == 1024
+    assert cfg.max_batch_size == 2048
+    assert cfg.max_batch_bytes == 16 * 1024 * 1024
     assert cfg.max_batch_wait_ms == 100
     assert cfg.record_format == "json"
     assert cfg.exactly_once is False

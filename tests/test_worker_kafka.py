@@ -175,6 +175,37 @@ def test_batches_close_at_max_size_and_a_trickle_closes_on_time(
     assert committed_offsets(kafka_bootstrap, unique_group, inp, 1) == [n + 3]
 
 
+def test_batches_of_large_records_close_at_max_batch_bytes(
+    kafka_bootstrap: str,
+    make_topic: Any,
+    unique_group: str,
+    saved_detector_dir: Path,
+    traffic: dict[str, Any],
+) -> None:
+    inp, alerts, dlq = topics(make_topic)
+    n = 100
+    records = [json_record(f"r{i:03d}", traffic["instances"][i]) for i in range(n)]
+    produce_messages(kafka_bootstrap, inp, [(None, r) for r in records])
+    cfg = worker_config(
+        kafka_bootstrap,
+        saved_detector_dir,
+        inp,
+        alerts,
+        dlq,
+        unique_group,
+        max_batch_size=1000,
+        max_batch_bytes=10 * max(map(len, records)),  # at most 10 records a batch
+    )
+    with running_worker(cfg) as worker:
+        wait_until(lambda: worker.summary.consumed >= n, 60, "backlog processed")
+        metrics = scrape(worker.metrics_port or 0)
+    assert worker.summary.batches >= n // 10
+    assert metric_sum(metrics, P + "batch_size_bucket", le="16.0") == metric_sum(
+        metrics, P + "batch_size_count"
+    )
+    assert committed_offsets(kafka_bootstrap, unique_group, inp, 1) == [n]
+
+
 def test_logged_classifier_output_gives_the_same_scores_as_recomputation(
     kafka_bootstrap: str,
     make_topic: Any,

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import FrameType
@@ -157,7 +157,10 @@ class Worker:
         self._last_summary = time.monotonic()
         self._summary_base = RunSummary()
         self.batcher: Batcher[Message] = Batcher(
-            config.max_batch_size, config.max_batch_wait_ms / 1000.0
+            config.max_batch_size,
+            config.max_batch_wait_ms / 1000.0,
+            max_bytes=config.max_batch_bytes,
+            bytes_of=_value_bytes,
         )
 
     # -- control from outside (signals, tests) -----------------------------------------
@@ -944,6 +947,11 @@ class Worker:
         )
         self._last_summary = now
         self._summary_base = RunSummary(**vars(s))
+
+
+def _value_bytes(messages: Iterable[Message]) -> int:
+    """Bytes in the messages' values (a micro-batch's size; all in C, no Python per message)."""
+    return sum(map(len, filter(None, map(Message.value, messages))))
 
 
 def _names(partitions: list[TopicPartition]) -> str:
