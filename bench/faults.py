@@ -118,7 +118,7 @@ def backlog(setup: Setup, n: int, log_dir: Path) -> dict[str, float]:
     n = len(traffic)
     args = setup.args()
     size = args.index("--max-batch-size")
-    del args[size : size + 4]  # the defaults: --max-batch-size 1024 --max-batch-wait-ms 100
+    del args[size : size + 4]  # the defaults for --max-batch-size and --max-batch-wait-ms
     with Workers(log_dir) as workers:
         proc = workers.start(args, f"backlog-{setup.mode}")
         wait_until(lambda: setup.committed() > 0 or proc.poll() is not None, 120, "first commit")
