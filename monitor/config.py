@@ -231,7 +231,15 @@ OPTIONS: tuple[Option, ...] = (
         "max_message_bytes",
         int,
         1_048_576,
-        "Records larger than this are dead-lettered without being parsed.",
+        "Records larger than this (value and headers) are dead-lettered without being parsed.",
+        minimum=1,
+    ),
+    Option(
+        "max_rows_per_message",
+        int,
+        1024,
+        "Messages holding more rows (v1 instances, v2 or Seldon tensors) are dead-lettered "
+        "as too_many_rows: each flagged row is an alert, so one message cannot make more.",
         minimum=1,
     ),
     Option(
@@ -298,6 +306,7 @@ class WorkerConfig:
     drift_p_value: float = 0.01
     max_context_bytes: int = 2048
     max_message_bytes: int = 1_048_576
+    max_rows_per_message: int = 1024
     shutdown_timeout_s: float = 10.0
     summary_interval_s: float = 30.0
     stats_interval_ms: int = 5000

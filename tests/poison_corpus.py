@@ -281,11 +281,36 @@ def poison_corpus(spec: InputSpec) -> list[Poison]:
         p("v2_nan_literal", d(_v2(spec, data=[float("nan"), *flat[1:]])), R.NON_FINITE, F.V2),
         p("v2_second_row_beyond_float32", d(_v2_second_row(spec, 1e39)), R.NON_FINITE, F.V2),
         p("v2_duplicate_key_in_tensor", _v2_duplicate_key(spec), R.SCHEMA, F.V2),
+        # -- declared sizes: checked against the data present before anything is built
+        p(
+            "v2_declared_rows_bomb",
+            d(_v2(spec, shape=[10_000_000, *spec.shape])),
+            R.TOO_MANY_ROWS,
+            F.V2,
+        ),
+        p(
+            "v2_declared_shape_beyond_data",
+            d(_v2(spec, shape=[spec.max_rows, *spec.shape])),
+            R.SHAPE,
+            F.V2,
+        ),
         # -- V1 and Seldon
         p("v1_instances_object", d({"instances": {"x": flat}}), R.SCHEMA, F.V1),
         p("v1_instances_empty", d({"instances": []}), R.SHAPE, F.V1),
         p("v1_b64_instances", d({"instances": [{"b64": "AAAA"}]}), R.DTYPE, F.V1),
         p("v1_ragged_rows", d({"instances": [inst, _drop_last(inst)]}), R.SHAPE, F.V1),
+        p(
+            "v1_rows_beyond_the_cap",
+            d({"instances": [0] * (spec.max_rows + 1)}),
+            R.TOO_MANY_ROWS,
+            F.V1,
+        ),
+        p(
+            "seldon_declared_rows_bomb",
+            d({"data": {"tensor": {"shape": [10_000_000, *spec.shape], "values": flat}}}),
+            R.TOO_MANY_ROWS,
+            F.SELDON,
+        ),
         p("seldon_str_data", d({"data": {"strData": "hello"}}), R.SCHEMA, F.SELDON),
         p("seldon_data_array", d({"data": [inst]}), R.SCHEMA, F.SELDON),
         p("seldon_wrong_row_shape", d({"data": {"ndarray": [_add_one(inst)]}}), R.SHAPE, F.SELDON),

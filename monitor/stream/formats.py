@@ -75,6 +75,7 @@ class Reason(StrEnum):
     NON_FINITE = "non_finite"
     SCHEMA = "schema"
     SHAPE = "shape"
+    TOO_MANY_ROWS = "too_many_rows"
     DTYPE = "dtype"
     DECODER_ERROR = "decoder_error"
 
@@ -86,6 +87,9 @@ class InputSpec:
     shape: tuple[int, ...]
     n_classes: int
     max_message_bytes: int = 1_048_576
+    #: Rows one message may hold: each flagged row becomes an alert, so one message must
+    #: not turn into an unbounded number of them.
+    max_rows: int = 1024
 
     def __post_init__(self) -> None:
         shape = tuple(_integer(d, "input shape") for d in self.shape)
@@ -99,10 +103,14 @@ class InputSpec:
         max_bytes = _integer(self.max_message_bytes, "max_message_bytes")
         if max_bytes < 1:
             raise ConfigError(f"max_message_bytes must be positive, got {max_bytes}")
+        max_rows = _integer(self.max_rows, "max_rows")
+        if max_rows < 1:
+            raise ConfigError(f"max_rows must be positive, got {max_rows}")
         # Plain ints, so a shape read from a model (numpy ints) compares and hashes alike.
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "n_classes", n_classes)
         object.__setattr__(self, "max_message_bytes", max_bytes)
+        object.__setattr__(self, "max_rows", max_rows)
 
     @property
     def size(self) -> int:
@@ -156,6 +164,23 @@ def rows_skeleton(shape: tuple[int, ...]) -> bytes:
     """``skeleton`` without caching the outer dimension (it varies per message)."""
     inner = skeleton(shape[1:]) if len(shape) > 1 else b""
     return b"[" + b",".join([inner] * shape[0]) + b"]"
+
+
+def declared_skeleton(shape: tuple[int, ...]) -> bytes:
+    """``skeleton`` of a shape a message declares: never cached (a cache would keep
+    attacker-sized bytes), and only built once the data's count matches the shape."""
+    inner = declared_skeleton(shape[1:]) if len(shape) > 1 else b""
+    return b"[" + b",".join([inner] * shape[0]) + b"]"
+
+
+def check_rows(n: int, spec: InputSpec, what: str) -> int:
+    """``n`` rows, unless that is more than one message may hold."""
+    if n > spec.max_rows:
+        reject(
+            Reason.TOO_MANY_ROWS,
+            f"{what} holds {n} rows, at most {spec.max_rows} per message (--max-rows-per-message)",
+        )
+    return n
 
 
 def squeeze(shape: Sequence[int]) -> tuple[int, ...]:
@@ -273,24 +298,22 @@ def tensor_numbers(
         reject(Reason.SCHEMA, f"{what} must be an array, got {kind_of(value)}")
     total = math.prod(declared)
     buffer = as_float64(value, what)
+    # The declared shape is the sender's word: it must match the numbers actually
+    # present before anything is built from it (a skeleton of [10000000, 8] is 100 MB).
+    n = count_of(buffer)
+    if n != total:
+        reject(Reason.SHAPE, f"{what} holds {n} numbers, its shape {list(declared)} needs {total}")
     start = -1 if raw is None else array_start(raw, key)
     if raw is not None and start >= 0:
         if flat_at(raw, start):
             if len(value) == total:
                 return buffer
-        elif (
-            declared
-            and skeleton_at(raw, start, rows_skeleton(declared))
-            and (declared[-1] > 1 or count_of(buffer) == total)
-        ):
+        elif declared and skeleton_at(raw, start, declared_skeleton(declared)):
             return buffer
-    n = count_of(buffer)
-    if n != total:
-        reject(Reason.SHAPE, f"{what} holds {n} numbers, its shape {list(declared)} needs {total}")
     if start < 0:
         sk = cast(bytes, value.mini).translate(None, NUMBER_CHARS)
         if (len(sk) == n + 1 and sk.count(b",") == n - 1 and len(value) == n) or (
-            declared and sk == rows_skeleton(declared)
+            declared and sk == declared_skeleton(declared)
         ):
             return buffer
     reject(Reason.SHAPE, f"{what} is neither flat nor nested as its shape {list(declared)}")
@@ -439,7 +462,7 @@ def v2_rows(doc: Any, keys: list[str], raw: bytes, spec: InputSpec) -> Rows | No
             )
         tensors = fitting
     tensor = tensors[0]
-    n = rows_in(tensor.shape, spec.shape, "inputs[0]")
+    n = check_rows(rows_in(tensor.shape, spec.shape, "inputs[0]"), spec, "inputs[0]")
     x = tensor_numbers(tensor.data, tensor.shape, "inputs[0].data", raw, b'"data"')
     y = None
     if "outputs" in keys:
@@ -473,7 +496,7 @@ def v1_rows(doc: Any, keys: list[str], raw: bytes, spec: InputSpec) -> Rows | No
     rows = doc["instances"]
     if type(rows) is not Array:
         reject(Reason.SCHEMA, f"instances must be an array, got {kind_of(rows)}")
-    n = len(rows)
+    n = check_rows(len(rows), spec, "instances")
     if n == 0:
         reject(Reason.SHAPE, "instances is empty")
     x = numbers(rows, (n, *spec.shape), "instances", raw, b'"instances"', cached=False)
@@ -499,7 +522,7 @@ def seldon_rows(doc: Any, keys: list[str], raw: bytes, spec: InputSpec) -> Rows:
         rows = data["ndarray"]
         if type(rows) is not Array:
             reject(Reason.SCHEMA, f"data.ndarray must be an array, got {kind_of(rows)}")
-        n = len(rows)
+        n = check_rows(len(rows), spec, "data.ndarray")
         if n == 0:
             reject(Reason.SHAPE, "data.ndarray is empty")
         x = numbers(rows, (n, *spec.shape), "data.ndarray", raw, b'"ndarray"', cached=False)
@@ -511,7 +534,7 @@ def seldon_rows(doc: Any, keys: list[str], raw: bytes, spec: InputSpec) -> Rows:
         if "shape" not in tensor_keys or "values" not in tensor_keys:
             reject(Reason.SCHEMA, 'data.tensor needs "shape" and "values"')
         declared = _shape_of(tensor["shape"], "data.tensor.shape")
-        n = rows_in(declared, spec.shape, "data.tensor")
+        n = check_rows(rows_in(declared, spec.shape, "data.tensor"), spec, "data.tensor")
         x = tensor_numbers(tensor["values"], declared, "data.tensor.values", raw, b'"values"')
     else:
         reject(Reason.SCHEMA, 'data has neither "ndarray" nor "tensor" (strData etc. unsupported)')

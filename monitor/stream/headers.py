@@ -119,16 +119,35 @@ def _normalise(name: str) -> str:
 _FIELD_CACHE: dict[str, str | None] = {}
 
 
+#: Longest header name a cache keeps; no known name comes near it.
+_MAX_NAME_CHARS = 64
+
+
 def _field(name: str) -> str | None:
     """The field a header name feeds (memoised: a topic's header names repeat)."""
     try:
         return _FIELD_CACHE[name]
     except KeyError:
+        if len(name) > _MAX_NAME_CHARS:
+            return None  # not a name we read, and too long to keep
         field = _FIELDS.get(_normalise(name))
         if len(_FIELD_CACHE) >= _CACHE_MAX:
             _FIELD_CACHE.clear()
         _FIELD_CACHE[name] = field
         return field
+
+
+def header_bytes(headers: Headers) -> int:
+    """Bytes in a message's header names and values (what ``--max-message-bytes``
+    counts beside the value); malformed entries count what they can."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    total = 0
+    for pair in items:
+        if type(pair) is tuple and len(pair) == 2:
+            name, value = pair
+            total += len(name) if isinstance(name, str | bytes) else 0
+            total += len(value) if isinstance(value, str | bytes | bytearray) else 0
+    return total
 
 
 def _pairs(headers: Headers) -> list[tuple[str, str]]:
@@ -167,30 +186,39 @@ def read_headers(headers: Headers | None) -> HeaderInfo | None:
     )
 
 
-# What the decoder needs per message, keyed by the raw label and type headers: a topic's
-# messages mostly repeat them, so the decoding and normalising happen once.
-_FACTS_CACHE: dict[tuple[tuple[str, object], ...], tuple[ModelLabels | None, bool]] = {}
+# What the decoder needs per message, keyed by the bounded text of the label and type
+# headers: a topic's messages mostly repeat them, so the labels are made once.
+_FACTS_CACHE: dict[tuple[tuple[str, str], ...], tuple[ModelLabels | None, bool]] = {}
 _IDS = frozenset({"event_id", "request_id"})
 
 
 def decoder_facts(headers: Headers) -> tuple[ModelLabels | None, bool]:
     """(model labels, is a response event) from a message's headers, cheaply."""
     items = headers.items() if isinstance(headers, Mapping) else headers
-    key = []
+    first: dict[str, str] = {}
     for pair in items:
         if type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str:
             field = _field(pair[0])
-            if field is not None and field not in _IDS:
-                value = pair[1]
-                if value is None or type(value) is bytes or type(value) is str:
-                    key.append((field, value))
-    frozen = tuple(key)
+            if field is not None and field not in _IDS and field not in first:
+                # The first readable value of each field, as bounded text: what
+                # ``read_headers`` decides on, and nothing attacker-sized to cache.
+                value = text(pair[1])
+                if value is not None:
+                    first[field] = value
+    frozen = tuple(first.items())
     try:
         return _FACTS_CACHE[frozen]
     except KeyError:
         pass
-    info = read_headers(headers)
-    facts = (None, False) if info is None else (info.labels, info.is_response)
+    event_type = first.get("event_type")
+    facts = (
+        labels_of(
+            first.get("model_name") or first.get("model_id"),
+            first.get("model_version"),
+            first.get("namespace"),
+        ),
+        event_type is not None and event_type.lower().endswith("response"),
+    )
     if len(_FACTS_CACHE) >= _CACHE_MAX:
         _FACTS_CACHE.clear()
     _FACTS_CACHE[frozen] = facts

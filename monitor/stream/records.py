@@ -45,6 +45,7 @@ from monitor.stream.headers import (
     Headers,
     ModelLabels,
     decoder_facts,
+    header_bytes,
     labels_of,
     merge_labels,
     read_headers,
@@ -237,6 +238,13 @@ class RecordDecoder:
         for index, raw in enumerate(values):
             if headers is not None and (head := headers[index]):
                 try:
+                    # Headers count against the size limit too, before anything reads them.
+                    size = len(raw or b"") + header_bytes(head)
+                    if size > max_bytes:
+                        reject(
+                            Reason.TOO_LARGE,
+                            f"{size} bytes with its headers, the limit is {max_bytes}",
+                        )
                     labels[index], response = decoder_facts(head)
                 except Exception as exc:
                     dead.append(DeadLetter(index, *_failure(exc)))

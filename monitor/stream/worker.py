@@ -185,6 +185,7 @@ class Worker:
                     shape=tuple(self.handle.detector.input_shape),
                     n_classes=int(self.handle.detector.n_classes),
                     max_message_bytes=cfg.max_message_bytes,
+                    max_rows=cfg.max_rows_per_message,
                 ),
                 self.decoder_format,
             )

@@ -1,0 +1,107 @@
+"""Records built to exhaust the decoder: each ends as one dead letter, at a bounded cost."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tracemalloc
+
+import pytest
+
+from monitor.stream import headers as header_module
+from monitor.stream.headers import decoder_facts
+from monitor.stream.records import InputSpec, Reason, RecordDecoder, RecordFormat
+
+SPEC = InputSpec((8,), 3, max_message_bytes=1_048_576)
+
+
+def _peak_bytes_of(fn: object) -> int:
+    tracemalloc.start()
+    try:
+        fn()  # type: ignore[operator]
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _v2(shape: list[int], rows: int = 1) -> bytes:
+    data = [0.5] * (8 * rows)
+    body = {"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}]}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("fmt", [RecordFormat.V2, RecordFormat.AUTO])
+def test_a_declared_shape_far_beyond_its_data_is_refused_without_building_it(
+    fmt: RecordFormat,
+) -> None:
+    # A row cap this high lets the declared rows through, so only the count check can
+    # refuse the record before a skeleton of the declared shape (10 MB of "[,,,,,,,]")
+    # is built.
+    decoder = RecordDecoder(InputSpec((8,), 3, max_rows=10_000_000), fmt)
+    bomb = _v2([1_000_000, 8])
+    decoded = None
+
+    def decode() -> None:
+        nonlocal decoded
+        decoded = decoder.decode_values([bomb])
+
+    peak = _peak_bytes_of(decode)
+    assert decoded is not None
+    assert [(d.index, d.reason) for d in decoded.dead] == [(0, Reason.SHAPE)]
+    assert peak < 64 * 1024, f"decoding a {len(bomb)}-byte record took {peak} bytes"
+
+
+def test_a_declared_row_count_beyond_the_cap_is_too_many_rows_at_no_cost() -> None:
+    decoder = RecordDecoder(SPEC, RecordFormat.AUTO)
+    bomb = _v2([10_000_000, 8])
+    decoded = None
+
+    def decode() -> None:
+        nonlocal decoded
+        decoded = decoder.decode_values([bomb])
+
+    peak = _peak_bytes_of(decode)
+    assert decoded is not None
+    assert [d.reason for d in decoded.dead] == [Reason.TOO_MANY_ROWS]
+    assert "10000000 rows" in decoded.dead[0].detail
+    assert peak < 64 * 1024
+
+
+def test_the_row_cap_is_the_specs_and_a_message_at_the_cap_is_scored() -> None:
+    spec = InputSpec((8,), 3, max_rows=4)
+    decoder = RecordDecoder(spec, RecordFormat.V2)
+    decoded = decoder.decode_values([_v2([4, 8], rows=4), _v2([5, 8], rows=5)])
+    assert len(decoded.X) == 4
+    assert [(d.index, d.reason) for d in decoded.dead] == [(1, Reason.TOO_MANY_ROWS)]
+
+
+def test_headers_count_against_the_message_size_limit() -> None:
+    spec = InputSpec((8,), 3, max_message_bytes=4096)
+    decoder = RecordDecoder(spec, RecordFormat.JSON)
+    record = json.dumps({"id": "a", "instance": [0.5] * 8}).encode()
+    small = [("trace", b"x" * 100)]
+    large = [("trace", b"x" * 3000), ("more", b"y" * 3000)]
+    decoded = decoder.decode_values([record, record], [small, large])
+    assert len(decoded.X) == 1
+    assert [(d.index, d.reason) for d in decoded.dead] == [(1, Reason.TOO_LARGE)]
+    assert "with its headers" in decoded.dead[0].detail
+
+
+def test_header_caches_keep_no_attacker_sized_value() -> None:
+    header_module._FACTS_CACHE.clear()
+    header_module._FIELD_CACHE.clear()
+    for i in range(50):
+        huge_value = bytes([65 + i % 26]) * (2 * 1024 * 1024)
+        huge_name = "x" * (1024 * 1024) + str(i)
+        decoder_facts([("ce_modelid", huge_value), (huge_name, b"v"), ("ce_type", huge_value)])
+    kept = sum(
+        sys.getsizeof(text) for key in header_module._FACTS_CACHE for _f, text in key
+    ) + sum(sys.getsizeof(name) for name in header_module._FIELD_CACHE)
+    assert kept < 1024 * 1024, f"the header caches hold {kept} bytes"
+
+
+def test_a_repeated_header_reads_as_its_first_value_whatever_follows() -> None:
+    many = [("ce_type", b"request")] + [("ce_type", b"response")] * 10_000
+    labels, response = decoder_facts(many)
+    assert response is False
+    assert labels is None
