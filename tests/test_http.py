@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import http.client
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -178,3 +180,119 @@ def test_context_manager_starts_and_stops() -> None:
         assert get(port, "/healthz").status == 200
     with pytest.raises(ConnectionRefusedError):
         get(port, "/healthz")
+
+
+# -- slow and idle clients -------------------------------------------------------------
+HALF_SENT = b"GET /healthz HTTP/1.1\r\nHost: monitor\r\n"  # no blank line: never complete
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def half_sent(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections that each sent part of a request and then go quiet."""
+    conns = []
+    for _ in range(n):
+        conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn.sendall(HALF_SENT)
+        conns.append(conn)
+    return conns
+
+
+def closed_by_server(conn: socket.socket) -> bool:
+    """Whether the server has answered and closed ``conn`` (without waiting for it)."""
+    conn.setblocking(False)
+    try:
+        while conn.recv(65536):
+            pass
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+    finally:
+        conn.setblocking(True)
+    return True
+
+
+def close_all(conns: list[socket.socket]) -> None:
+    for conn in conns:
+        conn.close()
+
+
+def test_idle_connections_beyond_the_bound_get_503_and_no_thread(
+    serve: Callable[..., HealthServer],
+) -> None:
+    bound = 3
+    port = serve(max_connections=bound, request_timeout_s=60).bound_port
+    baseline = threading.active_count()
+    conns = half_sent(port, 4 * bound)
+    try:
+        wait_for(
+            lambda: sum(closed_by_server(c) for c in conns) == len(conns) - bound,
+            timeout=10,
+            what="every connection over the bound is refused",
+        )
+        assert threading.active_count() - baseline <= bound
+    finally:
+        close_all(conns)
+
+
+def test_a_scrape_gets_through_while_idle_connections_hold_every_slot(
+    serve: Callable[..., HealthServer],
+) -> None:
+    timeout = 0.5
+    port = serve(max_connections=2, request_timeout_s=timeout).bound_port
+    conns = half_sent(port, 6)
+    try:
+        refused = get(port, "/healthz")
+        assert (refused.status, refused.headers.get("retry-after")) == (503, "1")
+        wait_for(
+            lambda: get(port, "/healthz").status == 200,
+            timeout=timeout + 10,
+            what="a retried scrape is answered once the idle connections time out",
+        )
+    finally:
+        close_all(conns)
+
+
+def test_an_idle_connection_is_closed_after_the_request_timeout(
+    serve: Callable[..., HealthServer],
+) -> None:
+    timeout = 0.3
+    port = serve(request_timeout_s=timeout).bound_port
+    started = time.monotonic()
+    (conn,) = half_sent(port, 1)
+    with conn:
+        assert conn.recv(65536) == b""  # the client's own timeout is 10 s
+    assert time.monotonic() - started >= timeout
+
+
+def test_a_request_trickled_byte_by_byte_is_cut_off_at_the_deadline(
+    serve: Callable[..., HealthServer],
+) -> None:
+    timeout = 0.5
+    port = serve(request_timeout_s=timeout).bound_port
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        for byte in HALF_SENT:  # each byte well within the timeout, 3.7 timeouts in all
+            if closed_by_server(conn):
+                break
+            try:
+                conn.sendall(bytes([byte]))
+            except ConnectionError:
+                break
+            time.sleep(timeout / 10)
+        else:
+            pytest.fail("the server kept waiting for the trickled request")
+    assert timeout <= time.monotonic() - started < timeout + 10
+
+
+def test_connection_limits_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        HealthServer(CollectorRegistry(), "127.0.0.1", 0, lambda: (True, ""), max_connections=0)
+    with pytest.raises(ValueError, match="request_timeout_s"):
+        HealthServer(CollectorRegistry(), "127.0.0.1", 0, lambda: (True, ""), request_timeout_s=0)
