@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from monitor.errors import DeliveryError
 from monitor.stream.checkpoint import AtLeastOnceCheckpoint, BatchOffsets
 from monitor.stream.publisher import Outgoing, Publisher
+from monitor.stream.shorten import size_of
 
 FATAL = KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "sequence gap", fatal=True)
 OFFSETS = BatchOffsets({("in", 0): 0}, {("in", 0): 10})
@@ -123,12 +124,42 @@ def test_without_a_way_to_make_a_new_producer_the_failure_is_raised() -> None:
         checkpoint.commit(OFFSETS)
 
 
-def test_a_non_fatal_refusal_is_not_mistaken_for_a_broken_producer() -> None:
+def test_a_message_the_producer_refuses_for_its_size_is_produced_shortened() -> None:
     class Refusing(Producer):
-        def produce(self, topic: str, value: bytes, key: bytes, **kw: Any) -> None:
-            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"))
+        """Refuses any message above 2,000 bytes, as librdkafka's message.max.bytes does."""
 
-    checkpoint, _, _ = checkpoint_with(Refusing(), Producer())
-    with pytest.raises(KafkaException):
-        checkpoint.publish(alert(1))
+        def produce(self, topic: str, value: bytes, key: bytes, **kw: Any) -> None:
+            if len(value) > 2000:
+                raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"))
+            super().produce(topic, value, key, **kw)
+
+    producer = Refusing()
+    checkpoint, host, publisher = checkpoint_with(producer, Producer())
+    big = Outgoing("dead", b"x" * 100_000, b"k", [("dmon.reason", b"invalid_json")], "dead_letter")
+    checkpoint.publish(big)
     assert checkpoint.broken is None
+    assert producer.produced == [b"k"]
+    assert checkpoint.commit(OFFSETS) is True
+    assert host.committed == [[("in", 0, 10)]]
+    # ...and the limit it learnt applies to the next one at once.
+    assert publisher.limits.of("dead") < size_of(big.value, big.key, big.headers)
+
+
+def test_a_non_fatal_refusal_holds_the_commit_instead_of_stopping_the_worker() -> None:
+    class Refusing(Producer):
+        refusals = 1
+
+        def produce(self, topic: str, value: bytes, key: bytes, **kw: Any) -> None:
+            if self.refusals:
+                self.refusals -= 1
+                raise KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC, "no such topic"))
+            super().produce(topic, value, key, **kw)
+
+    producer = Refusing()
+    checkpoint, host, _ = checkpoint_with(producer, Producer())
+    checkpoint.publish(alert(1))  # refused: not raised
+    assert checkpoint.broken is None
+    assert producer.produced == []
+    assert checkpoint.commit(OFFSETS) is True  # produced again before the commit
+    assert producer.produced == [b"r1"]
+    assert host.committed == [[("in", 0, 10)]]

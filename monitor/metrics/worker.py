@@ -109,6 +109,15 @@ class WorkerMetrics:
         self._alert_failures = Counter(
             f"{p}alert_publish_failures", "Alerts the broker did not acknowledge.", registry=r
         )
+        self._shortened = Counter(
+            f"{p}outputs_shortened",
+            "Dead letters and alerts produced shortened because they were larger than their "
+            "topic accepts, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("dead_letter", "alert"):
+            self._shortened.labels(kind)
         self._commits = Counter(f"{p}commits", "Successful offset commits.", registry=r)
         self._commit_failures = Counter(f"{p}commit_failures", "Failed offset commits.", registry=r)
         self._decoder_failures = Counter(
@@ -316,6 +325,9 @@ class WorkerMetrics:
     def alert_publish_failed(self, n: int = 1) -> None:
         if n:
             self._alert_failures.inc(n)
+
+    def output_shortened(self, kind: str) -> None:
+        self._shortened.labels(kind).inc()
 
     def commit_succeeded(self) -> None:
         self._commits.inc()

@@ -157,9 +157,13 @@ class AtLeastOnceCheckpoint:
             self.publisher.produce(out)
         except KafkaException as exc:
             err = _error_of(exc)
-            if not err.fatal():
-                raise
-            self.producer_failed(err)
+            if err.fatal():
+                self.producer_failed(err)
+                return
+            # Refused at once (too large messages are shortened, so e.g. an unknown
+            # topic): undelivered, like a failed delivery, so the commit retries it.
+            log.warning("producer refused %s for %s: %s", out.kind, out.topic, describe(err))
+            self.publisher.refused(out, err)
 
     def _flush(self) -> list[Outgoing]:
         try:

@@ -86,6 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shape=tuple(settings["shape"]),
         n_classes=settings["n_classes"],
         max_message_bytes=settings["max_message_bytes"],
+        max_rows=settings["max_rows"],
     )
     _serve(Connection(fd), spec, RecordFormat(settings["format"]))
     return 0
@@ -166,6 +167,7 @@ class DecodeProcess:
             "shape": list(self.spec.shape),
             "n_classes": self.spec.n_classes,
             "max_message_bytes": self.spec.max_message_bytes,
+            "max_rows": self.spec.max_rows,
             "format": self.fmt.value,
         }
         # The child imports this very package, wherever it came from (a checkout, a

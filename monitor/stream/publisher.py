@@ -11,35 +11,83 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from monitor.errors import DeliveryError
-from monitor.stream.alerts import Headers
+from monitor.stream.alerts import Outgoing
+from monitor.stream.shorten import RECORD_OVERHEAD, shortened, size_of
 
 log = logging.getLogger(__name__)
 
 
-class Outgoing(NamedTuple):
-    """One message to produce; ``kind`` is alert, dead_letter or drift (for metrics).
+#: Errors that refuse a message for its size: it will never be accepted as it is.
+SIZE_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+#: Kafka's own default ``max.message.bytes``, for topics whose limit is unknown.
+KAFKA_DEFAULT_LIMIT = 1_048_588
 
-    A named tuple: one is made per alert, and a frozen dataclass cost three times as much.
+
+class OutputLimits:
+    """The largest message each output topic takes, as far as the worker knows.
+
+    Read from the topics' ``max.message.bytes`` at start; lowered when the producer or a
+    broker refuses a message for its size (a topic's limit changed meanwhile), so that
+    the same message, produced again, is shortened instead of refused again.
     """
 
-    topic: str
-    value: bytes
-    key: bytes | None
-    headers: Headers | None
-    kind: str
+    def __init__(self, limits: dict[str, int] | None = None, default: int = KAFKA_DEFAULT_LIMIT):
+        self._limits = dict(limits or {})
+        self.default = default
+
+    @classmethod
+    def aligned(
+        cls, topic_limits: dict[str, int], outputs: Sequence[str], kafka: Mapping[str, Any]
+    ) -> tuple[OutputLimits, dict[str, Any]]:
+        """The limits of ``outputs`` and the producer settings that match them.
+
+        The producer refuses messages above its ``message.max.bytes`` and joins messages
+        into batches of up to ``batch.size``, which a topic refuses whole when they are
+        above its ``max.message.bytes``. Unless set in ``kafka`` (the user's settings),
+        the first becomes the largest output topic's limit (so the producer refuses
+        nothing a topic would take) and the second fits the smallest one.
+        """
+        limits = {t: topic_limits.get(t, KAFKA_DEFAULT_LIMIT) for t in outputs if t}
+        settings: dict[str, Any] = {}
+        if "message.max.bytes" in kafka:
+            cap = int(kafka["message.max.bytes"])
+            limits = {t: min(limit, cap) for t, limit in limits.items()}
+        elif limits:
+            settings["message.max.bytes"] = max(1000, max(limits.values()))
+        if "batch.size" not in kafka and limits:
+            settings["batch.size"] = max(1, min(1_000_000, min(limits.values()) - RECORD_OVERHEAD))
+        return cls(limits), settings
+
+    def of(self, topic: str) -> int:
+        return self._limits.get(topic, self.default)
+
+    def refused(self, topic: str, size: int) -> None:
+        """A message of ``size`` bytes was refused for its size: the limit is below."""
+        self._limits[topic] = min(self.of(topic), max(size - 1, 0))
 
 
 class Publisher:
-    """Producer wrapper that tracks delivery of everything produced since the last flush."""
+    """Producer wrapper that tracks delivery of everything produced since the last flush.
 
-    def __init__(self, producer: Producer) -> None:
+    Every message fits its topic: one larger than the topic's limit is produced shortened
+    (``shorten.shortened``); ``on_shortened(kind)`` counts it.
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        limits: OutputLimits | None = None,
+        on_shortened: Callable[[str], None] | None = None,
+    ) -> None:
         self.producer = producer
+        self.limits = limits or OutputLimits()
+        self._on_shortened = on_shortened
         self._in_flight = 0
         self._failed: list[tuple[Outgoing, KafkaError]] = []
         self.delivered: Counter[str] = Counter()
@@ -48,6 +96,20 @@ class Publisher:
         self.batch = 0
         self._unacked: dict[int, int] = {}
         self._shared: dict[str, Callable[[KafkaError | None, Message], None]] = {}
+
+    def _shorten(self, out: Outgoing, limit: int) -> Outgoing:
+        shorter = shortened(out, limit)
+        if shorter is not out:
+            log.warning(
+                "%s for %s shortened: %d bytes, over the topic's limit of %d",
+                out.kind,
+                out.topic,
+                size_of(out.value, out.key, out.headers),
+                limit,
+            )
+            if self._on_shortened is not None:
+                self._on_shortened(out.kind)
+        return shorter
 
     def next_batch(self) -> int:
         """Tag what is produced from now on with a new batch number; returns the old one."""
@@ -64,6 +126,11 @@ class Publisher:
         """Run the delivery callbacks that are due, waiting at most ``timeout`` for one."""
         self.producer.poll(timeout)
 
+    def refused(self, out: Outgoing, err: KafkaError) -> None:
+        """``out`` was refused at once (not for its size): it counts as undelivered, so
+        its batch holds its commit and produces it again later."""
+        self._failed.append((out, err))
+
     @property
     def has_failures(self) -> bool:
         return bool(self._failed)
@@ -75,6 +142,10 @@ class Publisher:
         message released the GIL each time, and getting it back from the prefetch
         thread could take a whole switch interval.
         """
+        limit = self.limits.of(out.topic)
+        fits = size_of(out.value, out.key, out.headers) <= limit
+        if not fits:
+            out = self._shorten(out, limit)
         on_delivery = self._answer(out)
         while True:
             try:
@@ -84,6 +155,14 @@ class Publisher:
                 break
             except BufferError:
                 self.producer.poll(0.05)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if not fits or not isinstance(err, KafkaError) or err.code() not in SIZE_ERRORS:
+                    raise
+                # The producer's own limit is lower than the topic's: learn it, once.
+                self.limits.refused(out.topic, size_of(out.value, out.key, out.headers))
+                out, fits = self._shorten(out, self.limits.of(out.topic)), False
+                on_delivery = self._answer(out)
         self._in_flight += 1
         batch = self.batch
         self._unacked[batch] = self._unacked.get(batch, 0) + 1
@@ -119,6 +198,8 @@ class Publisher:
                 out = whole or Outgoing(
                     msg.topic() or "", msg.value() or b"", msg.key(), None, kind
                 )
+                if err.code() in SIZE_ERRORS:  # produced again, it will be shortened
+                    self.limits.refused(out.topic, size_of(out.value, out.key, out.headers))
                 self._failed.append((out, err))
 
         return on_delivery

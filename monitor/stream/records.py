@@ -4,7 +4,7 @@ Pure: no Kafka client, no TensorFlow. ``RecordDecoder.decode`` turns a batch of 
 into one float32 array; every message ends up as rows, a dead letter or an ignored
 response, and nothing a message holds can raise out of ``decode``. Finiteness is checked
 once per batch, vectorised, and a bad row dead-letters its whole message.
-``record_identity`` is the slow, thorough side, called only for flagged rows.
+``message_identity`` is the slow, thorough side, called once per message with a flagged row.
 """
 
 from __future__ import annotations
@@ -59,12 +59,14 @@ __all__ = [
     "DeadLetter",
     "DecodedBatch",
     "InputSpec",
+    "MessageIdentity",
     "MessageLike",
     "ModelLabels",
     "Reason",
     "RecordDecoder",
     "RecordFormat",
     "RecordIdentity",
+    "message_identity",
     "record_identity",
     "record_times",
 ]
@@ -468,24 +470,50 @@ class RecordIdentity(NamedTuple):
     timestamp_ms: int | None
 
 
+class MessageIdentity(NamedTuple):
+    """Who a message's rows are: read once per message, however many rows are flagged."""
+
+    base: str
+    several_rows: bool
+    first: RecordIdentity
+
+    def row(self, row_in_message: int) -> RecordIdentity:
+        """The identity of one row: ``<id>#<row>`` when the message holds several."""
+        if row_in_message > 0 or self.several_rows:
+            return self.first._replace(id=f"{self.base}#{row_in_message}")
+        return self.first
+
+
 def record_identity(
     message: MessageLike,
     fmt: RecordFormat | str,
     row_in_message: int,
     max_context_bytes: int = MAX_CONTEXT_BYTES,
 ) -> RecordIdentity:
-    """Identity of one decoded row (re-parses the message; meant for flagged rows only).
+    """Identity of one decoded row (``message_identity(...).row(row_in_message)``)."""
+    return message_identity(message, fmt, max_context_bytes).row(row_in_message)
+
+
+def message_identity(
+    message: MessageLike,
+    fmt: RecordFormat | str,
+    max_context_bytes: int = MAX_CONTEXT_BYTES,
+) -> MessageIdentity:
+    """Identity of a message's rows (re-parses the message; meant for flagged ones only).
 
     The id is the body's ``id``, else the CloudEvents ``ce_id``, else Seldon's
     ``requestid``, else ``topic/partition/offset``; rows of a message holding several get
     ``#<row>`` appended. Never raises for anything the message holds.
     """
     resolved = fmt if isinstance(fmt, RecordFormat) else RecordFormat(fmt)
-    headers = message.headers()
+    try:
+        headers = message.headers()
+    except Exception:  # e.g. a header name that isn't UTF-8
+        headers = None
     if resolved is RecordFormat.JSON and not headers:
         plain_id = _plain_json_id(message.value())
         if plain_id is not None:
-            return _plain_identity(message, plain_id, row_in_message)
+            return MessageIdentity(plain_id, False, _plain_identity(message, plain_id))
     try:
         head = read_headers(headers)
     except Exception:
@@ -502,14 +530,12 @@ def record_identity(
         base = head.event_id or head.request_id
     if base is None:
         base = f"{message.topic()}/{message.partition()}/{message.offset()}"
-    if row_in_message > 0 or _row_count(body, resolved) > 1:
-        base = f"{base}#{row_in_message}"
     body_model = labels_of(
         text(body.get("model_name")), text(body.get("model_version")), text(body.get("namespace"))
     )
     key = message.key()
     ts_type, ts = message.timestamp()
-    return RecordIdentity(
+    first = RecordIdentity(
         id=base,
         key=key.encode() if isinstance(key, str) else key,
         model=merge_labels(head.labels if head is not None else None, body_model),
@@ -522,6 +548,7 @@ def record_identity(
         offset=message.offset(),
         timestamp_ms=ts if ts_type else None,
     )
+    return MessageIdentity(base, _row_count(body, resolved) > 1, first)
 
 
 _PLAIN_JSON_FIELDS = _FIELDS_OF[RecordFormat.JSON]
@@ -560,11 +587,11 @@ def _plain_json_id(raw: bytes | None) -> str | None:
         doc = None  # the parser's proxies must be gone before its next parse
 
 
-def _plain_identity(message: MessageLike, record_id: str, row_in_message: int) -> RecordIdentity:
+def _plain_identity(message: MessageLike, record_id: str) -> RecordIdentity:
     key = message.key()
     ts_type, ts = message.timestamp()
     return RecordIdentity(
-        id=f"{record_id}#{row_in_message}" if row_in_message > 0 else record_id,
+        id=record_id,
         key=key.encode() if isinstance(key, str) else key,
         model=None,
         event_type=None,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 log = logging.getLogger(__name__)
 
@@ -49,3 +49,31 @@ def ensure_topics(
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             log.warning("could not create output topic %s: %s", topic, err)
+
+
+def message_limits(
+    admin_conf: dict[str, Any], topics: Sequence[str], timeout: float = 30.0
+) -> dict[str, int]:
+    """Each topic's ``max.message.bytes``, the largest record batch its brokers accept.
+
+    Topics whose limit cannot be read (no describe permission, say) are left out: the
+    worker assumes Kafka's default for them and learns a lower limit from a refusal.
+    """
+    admin = AdminClient(admin_conf)
+    wanted = sorted({t for t in topics if t})
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, t) for t in wanted]
+    limits: dict[str, int] = {}
+    if not resources:
+        return limits
+    for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
+        try:
+            entry = future.result().get("max.message.bytes")
+            if entry is not None and entry.value is not None:
+                limits[resource.name] = int(entry.value)
+        except (KafkaException, ValueError) as exc:
+            log.warning(
+                "could not read max.message.bytes of %s (%s); assuming Kafka's default",
+                resource.name,
+                exc.args[0] if exc.args else exc,
+            )
+    return limits

@@ -47,18 +47,20 @@ from monitor.stream.checkpoint import (
 from monitor.stream.decode_process import DecodeProcess, PendingDecode, Ready
 from monitor.stream.drift import DriftResult, DriftWindow
 from monitor.stream.prefetch import Prefetcher
-from monitor.stream.publisher import Outgoing, Publisher, describe
+from monitor.stream.publisher import Outgoing, OutputLimits, Publisher, describe
 from monitor.stream.records import (
     DecodedBatch,
     InputSpec,
+    MessageIdentity,
     Reason,
     RecordDecoder,
     RecordFormat,
-    record_identity,
+    message_identity,
     record_times,
 )
 from monitor.stream.scoring import BatchScores, DetectorHandle, limit_tensorflow_threads
-from monitor.stream.topics import ensure_topics
+from monitor.stream.shorten import bounded_key
+from monitor.stream.topics import ensure_topics, message_limits
 
 log = logging.getLogger("monitor.worker")
 
@@ -74,6 +76,7 @@ SETTLE_POLL_S = 0.02
 MAKE_ROOM_S = 1.0
 LIVENESS_STALL_S = 300.0
 SCORING_ERROR = "scoring_error"
+UNREADABLE_HEADERS = "dmon.original.headers_unreadable"
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,7 @@ class Worker:
         self._reassigned = False
         self._last_loop = time.monotonic()
         self._ready = False
+        self._producer_sizes: dict[str, Any] = {}
         self._lag_total = 0
         self._started = time.monotonic()
         self._last_summary = time.monotonic()
@@ -202,12 +206,14 @@ class Worker:
             stack.callback(server.stop)
             log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, self.metrics_port)
 
-            ensure_topics(
-                cfg.admin_conf(),
-                cfg.input_topic,
-                [cfg.alert_topic, cfg.dead_letter_topic, cfg.effective_drift_topic],
+            outputs = [cfg.alert_topic, cfg.dead_letter_topic, cfg.effective_drift_topic]
+            ensure_topics(cfg.admin_conf(), cfg.input_topic, outputs)
+            limits, self._producer_sizes = OutputLimits.aligned(
+                message_limits(cfg.admin_conf(), outputs), outputs, cfg.kafka
             )
-            self.publisher = Publisher(self._new_producer())
+            self.publisher = Publisher(
+                self._new_producer(), limits, on_shortened=self.metrics.output_shortened
+            )
             stack.callback(self._flush_producer)
             self.consumer = Consumer(
                 {
@@ -334,8 +340,9 @@ class Worker:
             for index in sorted(set(decoded.row_message.tolist())):
                 self._publish_dead_letter(messages[index], SCORING_ERROR, scored.detail)
         elif scores is not None:
-            for row in np.flatnonzero(scores.flagged):
-                self._publish_alert(messages, decoded, scores, int(row))
+            identities: dict[int, MessageIdentity] = {}  # a message is read once
+            for row in np.flatnonzero(scores.flagged).tolist():
+                self._publish_alert(messages, decoded, scores, row, identities)
         drift = self._check_drift(scores.scores) if scores is not None else []
         if not self._unsettled:
             self._unsettled_since = time.monotonic()
@@ -471,13 +478,22 @@ class Worker:
 
     # -- publishing ----------------------------------------------------------------------
     def _publish_alert(
-        self, messages: list[Message], decoded: DecodedBatch, scores: BatchScores, row: int
+        self,
+        messages: list[Message],
+        decoded: DecodedBatch,
+        scores: BatchScores,
+        row: int,
+        identities: dict[int, MessageIdentity],
     ) -> None:
-        message = messages[int(decoded.row_message[row])]
+        index = int(decoded.row_message[row])
+        message = messages[index]
         row_in_message = int(decoded.row_in_message[row])
-        ident = record_identity(
-            message, self.decoder_format, row_in_message, self.config.max_context_bytes
-        )
+        known = identities.get(index)
+        if known is None:
+            known = identities[index] = message_identity(
+                message, self.decoder_format, self.config.max_context_bytes
+            )
+        ident = known.row(row_in_message)
 
         ts_type, ts = message.timestamp()
         model = ident.model.as_dict() if ident.model is not None else None
@@ -495,11 +511,15 @@ class Worker:
             context=ident.context,
             model=model,
         )
-        key = ident.key if ident.key is not None else ident.id.encode()
+        key = bounded_key(ident.key) if ident.key is not None else ident.id.encode()
         self.checkpoint.publish(Outgoing(self.config.alert_topic, payload, key, None, "alert"))
 
     def _publish_dead_letter(self, message: Message, reason: str, detail: str) -> None:
         ts_type, ts = message.timestamp()
+        try:
+            original = message.headers()
+        except Exception:  # e.g. a header name that isn't UTF-8: dead-lettered without them
+            original = [(UNREADABLE_HEADERS, b"the record's headers could not be read")]
         headers = dead_letter_headers(
             reason=reason,
             detail=detail,
@@ -507,7 +527,7 @@ class Worker:
             partition=message.partition(),
             offset=message.offset(),
             timestamp_ms=ts if ts_type else None,
-            original=message.headers(),
+            original=original,
         )
         value = message.value() or b""
         self.checkpoint.publish(
@@ -904,7 +924,13 @@ class Worker:
         return self.publisher.producer
 
     def _new_producer(self) -> Producer:
-        return Producer({**self.config.producer_conf(), "error_cb": self._on_producer_error})
+        return Producer(
+            {
+                **self.config.producer_conf(),
+                **self._producer_sizes,
+                "error_cb": self._on_producer_error,
+            }
+        )
 
     def _flush_producer(self) -> None:
         try:
