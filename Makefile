@@ -9,17 +9,20 @@ KAFKA := $(PY) deploy/local/kafka.py
 DEMO_DETECTOR ?= .local/demo-detector
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+SOAK_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv tools kafka-up kafka-down kafka-status kafka-logs lint test demo bench bench-quick clean
+.PHONY: help venv tools kafka-up kafka-down kafka-status kafka-logs lint test demo bench bench-quick soak clean
 
 help:
 	@echo "make demo        end-to-end demo: broker, detector, worker, clean+corrupted traffic"
 	@echo "                 (DEMO_ARGS=\"--duration 20 --rate 500\" to change it)"
 	@echo "make test        the whole suite (sets up .venv, tools and the local broker)"
 	@echo "make bench       benchmarks (make bench-quick for a short run)"
+	@echo "make soak        10 minutes of mixed normal and hostile traffic through one worker"
+	@echo "                 (SOAK_ARGS=\"--minutes 2\" for a short run)"
 	@echo "make kafka-up | kafka-down | kafka-status | kafka-logs   the local broker"
 	@echo "make lint        ruff + mypy"
 
@@ -68,6 +71,9 @@ bench: venv kafka-up
 
 bench-quick: venv kafka-up
 	$(PY) bench/run.py --quick
+
+soak: venv kafka-up
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 clean:
 	-$(KAFKA) down --wipe
