@@ -105,3 +105,21 @@ def test_a_repeated_header_reads_as_its_first_value_whatever_follows() -> None:
     labels, response = decoder_facts(many)
     assert response is False
     assert labels is None
+
+
+def test_a_batch_counts_keys_and_headers_so_large_headers_close_it_early() -> None:
+    from confluent_kafka import Message
+
+    from monitor.stream.batcher import Batcher
+    from monitor.stream.worker import _message_bytes
+
+    plain = Message(topic="t", value=b"v" * 100, key=b"k" * 10)
+    heavy = Message(topic="t", value=b"v", key=None, headers=[("h", b"x" * 2_000_000)])
+    assert _message_bytes([plain]) == 110
+    assert _message_bytes(iter([plain, heavy])) == 110 + 1 + 1 + 2_000_000
+
+    batcher: Batcher[Message] = Batcher(
+        2048, 10.0, max_bytes=16 * 1024 * 1024, bytes_of=_message_bytes
+    )
+    batcher.add([heavy] * 20)
+    assert len(batcher.take()) < 10

@@ -46,6 +46,7 @@ from monitor.stream.checkpoint import (
 )
 from monitor.stream.decode_process import DecodeProcess, PendingDecode, Ready
 from monitor.stream.drift import DriftResult, DriftWindow
+from monitor.stream.headers import header_bytes
 from monitor.stream.prefetch import Prefetcher
 from monitor.stream.publisher import Outgoing, OutputLimits, Publisher, describe
 from monitor.stream.records import (
@@ -164,7 +165,7 @@ class Worker:
             config.max_batch_size,
             config.max_batch_wait_ms / 1000.0,
             max_bytes=config.max_batch_bytes,
-            bytes_of=_value_bytes,
+            bytes_of=_message_bytes,
         )
 
     # -- control from outside (signals, tests) -----------------------------------------
@@ -976,9 +977,21 @@ class Worker:
         self._summary_base = RunSummary(**vars(s))
 
 
-def _value_bytes(messages: Iterable[Message]) -> int:
-    """Bytes in the messages' values (a micro-batch's size; all in C, no Python per message)."""
-    return sum(map(len, filter(None, map(Message.value, messages))))
+def _message_bytes(items: Iterable[Message]) -> int:
+    """Bytes in the messages' values, keys and headers: a micro-batch's size, which
+    bounds the worker's memory whatever a record carries. Values and keys are summed in
+    C; only messages with headers cost Python work."""
+    messages = items if isinstance(items, list | tuple) else list(items)
+    size = sum(map(len, filter(None, map(Message.value, messages))))
+    size += sum(map(len, filter(None, map(Message.key, messages))))
+    for message in messages:
+        try:
+            headers = message.headers()
+        except Exception:  # unreadable headers: dead-lettered without them
+            continue
+        if headers:
+            size += header_bytes(headers)
+    return size
 
 
 def _names(partitions: list[TopicPartition]) -> str:
