@@ -98,8 +98,9 @@ OPTIONS: tuple[Option, ...] = (
         "max_batch_bytes",
         int,
         16 * 1024 * 1024,
-        "...or once its records' values hold this many bytes (a larger record is a batch "
-        "of its own): large records make smaller batches, which bounds memory...",
+        "...or once its records hold this many bytes (values, keys and headers; a larger "
+        "record is a batch of its own): large records make smaller batches, which bounds "
+        "memory...",
         minimum=1,
     ),
     Option(
