@@ -70,6 +70,20 @@ def reference_sample(
     return [float(s) for s in np.sort(sample)]
 
 
+def _check_threshold(threshold: float | None) -> float | None:
+    """None, a finite number, or +inf as a placeholder until ``infer_threshold``.
+
+    NaN would never flag and -inf would flag everything. +inf flags nothing too, but
+    ``predict`` refuses it and it cannot be saved, so the worker never scores with it.
+    """
+    if threshold is None:
+        return None
+    value = float(threshold)
+    if math.isnan(value) or value == -math.inf:
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    return value
+
+
 def _as_numeric_array(x: Any, what: str) -> np.ndarray:
     try:
         arr = np.asarray(x)
@@ -136,7 +150,7 @@ class ModelDistillation:
             distilled_model = default_distilled_model(self._input_shape, self._n_classes)
         self.distilled_model = distilled_model
         self._check_distilled()
-        self.threshold = None if threshold is None else float(threshold)
+        self.threshold = _check_threshold(threshold)
         self.data_type = data_type
         self.reference_scores: list[float] = []
         self.manifest: Manifest | None = None
@@ -374,13 +388,18 @@ class ModelDistillation:
         """
         if not 0.0 <= threshold_perc <= 100.0:
             raise ValueError(f"threshold_perc must be in [0, 100], got {threshold_perc}")
+        if not math.isfinite(margin):
+            raise ValueError(f"margin must be a finite number, got {margin!r}")
         scores = self.score(X, batch_size=batch_size)
         assert isinstance(scores, np.ndarray)
         if len(scores) == 0:
             raise InputValidationError("cannot infer a threshold from an empty array")
-        self.threshold = float(np.percentile(scores.astype(np.float64), threshold_perc)) + float(
-            margin
-        )
+        threshold = float(np.percentile(scores.astype(np.float64), threshold_perc)) + float(margin)
+        if not math.isfinite(threshold):
+            raise InputValidationError(
+                f"the inferred threshold is {threshold}, not a finite number"
+            )
+        self.threshold = threshold
         self.reference_scores = reference_sample(scores, reference_size, seed)
         return self.threshold
 

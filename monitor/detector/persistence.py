@@ -8,8 +8,10 @@ Layout of a detector directory::
 
 Nothing is pickled. Models load with Keras' safe mode (no lambda bytecode), files are
 checked against the hashes in the manifest, and the loaded models must fit the manifest's
-shapes. Every failure is a ``DetectorFormatError`` with one clear line. ``read_manifest``
-needs no TensorFlow, so ``info`` and the worker's reload checks stay cheap.
+shapes. Every number in a manifest must be finite: a NaN threshold would never flag, an
+infinite temperature or reference score would poison every score or drift test. Every
+failure is a ``DetectorFormatError`` with one clear line. ``read_manifest`` needs no
+TensorFlow, so ``info`` and the worker's reload checks stay cheap.
 
 Saving writes into a temporary sibling directory and swaps it into place, so a reader
 never sees a half-written detector and a failed save leaves the old one intact.
@@ -103,6 +105,35 @@ def _detector_dir(path: str | os.PathLike[str]) -> Path:
     return p.parent if p.name == MANIFEST else p
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer beyond the float range
+        return False
+
+
+def _nonfinite_number(data: Any) -> tuple[str, int | float] | None:
+    """Where in ``data`` the first non-finite number sits, and the number, or None.
+
+    Walks every value, not just the known fields, so no number escapes the rule; with a
+    stack rather than recursion, so nesting as deep as the JSON parser allows is fine.
+    """
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(reversed([(f"{path}.{k}" if path else k, v) for k, v in value.items()]))
+        elif isinstance(value, list):
+            stack.extend(reversed([(f"{path}[{i}]", v) for i, v in enumerate(value)]))
+        elif _is_number(value) and not _is_finite(value):
+            return path, value
+    return None
+
+
 def _manifest_from_dict(data: Any, where: Path, digest: str) -> Manifest:
     def bad(why: str) -> DetectorFormatError:
         return DetectorFormatError(f"{where}: invalid manifest: {why}")
@@ -128,6 +159,11 @@ def _manifest_from_dict(data: Any, where: Path, digest: str) -> Manifest:
         if isinstance(value, bool) or not isinstance(value, types):
             raise bad(f"field {key!r} has the wrong type ({type(value).__name__})")
         values[key] = value
+    nonfinite = _nonfinite_number(data)
+    if nonfinite is not None:
+        path, number = nonfinite
+        shown = repr(number) if isinstance(number, float) else "an integer beyond the float range"
+        raise bad(f"{path} is {shown}; every number must be finite")
     shape = values["input_shape"]
     if not shape or not all(
         isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
@@ -184,7 +220,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
             raise DetectorFormatError(f"{file}: manifest is implausibly large")
         raw = file.read_bytes()
         data = json.loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DetectorFormatError(f"{file}: unreadable manifest: {exc}") from None
     return _manifest_from_dict(data, where, hashlib.sha256(raw).hexdigest())
 
