@@ -124,3 +124,20 @@ def test_a_broker_refusal_for_size_lowers_the_limit_so_the_retry_is_shortened() 
     assert [f[0].value for f in failed] == [big.value]
     publisher.produce(failed[0][0])  # what a retry (or a replayed transaction) does
     assert producer.produced[-1][1] == big.value[:VALUE_PREFIX_BYTES]
+
+
+def test_a_message_that_would_not_fit_even_shortened_is_left_whole_for_the_retry() -> None:
+    """A topic limit of a few hundred bytes is a misconfiguration: the refusal holds the
+    batch (and says so in the metrics) until the topic is fixed, and the alert is then
+    delivered whole."""
+    producer = Producer()
+    counted: list[str] = []
+    publisher = Publisher(
+        producer,  # type: ignore[arg-type]
+        OutputLimits({"alerts": 200}),
+        on_shortened=counted.append,
+    )
+    alert = Outgoing("alerts", orjson.dumps({"id": "r", "context": {"a": 1}}), b"r", None, "alert")
+    publisher.produce(alert)
+    assert producer.produced == [("alerts", alert.value, b"r", None)]
+    assert counted == []

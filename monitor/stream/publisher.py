@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SIZE_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
 #: Kafka's own default ``max.message.bytes``, for topics whose limit is unknown.
 KAFKA_DEFAULT_LIMIT = 1_048_588
+MIN_BATCH_BYTES = 16 * 1024
 
 
 class OutputLimits:
@@ -61,7 +62,10 @@ class OutputLimits:
         elif limits:
             settings["message.max.bytes"] = max(1000, max(limits.values()))
         if "batch.size" not in kafka and limits:
-            settings["batch.size"] = max(1, min(1_000_000, min(limits.values()) - RECORD_OVERHEAD))
+            # (not below 16 KiB: a topic limit that low is a misconfiguration that holds
+            # the commits anyway, and single-message batches would only slow it down)
+            smallest = min(limits.values()) - RECORD_OVERHEAD
+            settings["batch.size"] = min(1_000_000, max(smallest, MIN_BATCH_BYTES))
         return cls(limits), settings
 
     def of(self, topic: str) -> int:
@@ -75,8 +79,8 @@ class OutputLimits:
 class Publisher:
     """Producer wrapper that tracks delivery of everything produced since the last flush.
 
-    Every message fits its topic: one larger than the topic's limit is produced shortened
-    (``shorten.shortened``); ``on_shortened(kind)`` counts it.
+    A message larger than its topic's limit is produced shortened (``shorten.shortened``)
+    when that makes it fit; ``on_shortened(kind)`` counts it.
     """
 
     def __init__(
@@ -97,18 +101,22 @@ class Publisher:
         self._unacked: dict[int, int] = {}
         self._shared: dict[str, Callable[[KafkaError | None, Message], None]] = {}
 
-    def _shorten(self, out: Outgoing, limit: int) -> Outgoing:
+    def _fitted(self, out: Outgoing, limit: int) -> Outgoing:
+        """``out`` shortened when that makes it fit ``limit``; else ``out`` itself, whose
+        refusal then holds its batch back until the topic takes it (a topic limit of a
+        few hundred bytes is a misconfiguration to fix, not a record to cut)."""
         shorter = shortened(out, limit)
-        if shorter is not out:
-            log.warning(
-                "%s for %s shortened: %d bytes, over the topic's limit of %d",
-                out.kind,
-                out.topic,
-                size_of(out.value, out.key, out.headers),
-                limit,
-            )
-            if self._on_shortened is not None:
-                self._on_shortened(out.kind)
+        if shorter is out or size_of(shorter.value, shorter.key, shorter.headers) > limit:
+            return out
+        log.warning(
+            "%s for %s shortened: %d bytes, over the topic's limit of %d",
+            out.kind,
+            out.topic,
+            size_of(out.value, out.key, out.headers),
+            limit,
+        )
+        if self._on_shortened is not None:
+            self._on_shortened(out.kind)
         return shorter
 
     def next_batch(self) -> int:
@@ -143,10 +151,10 @@ class Publisher:
         thread could take a whole switch interval.
         """
         limit = self.limits.of(out.topic)
-        fits = size_of(out.value, out.key, out.headers) <= limit
-        if not fits:
-            out = self._shorten(out, limit)
+        if size_of(out.value, out.key, out.headers) > limit:
+            out = self._fitted(out, limit)
         on_delivery = self._answer(out)
+        learnt = False
         while True:
             try:
                 self.producer.produce(
@@ -157,12 +165,15 @@ class Publisher:
                 self.producer.poll(0.05)
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
-                if not fits or not isinstance(err, KafkaError) or err.code() not in SIZE_ERRORS:
+                if learnt or not isinstance(err, KafkaError) or err.code() not in SIZE_ERRORS:
                     raise
                 # The producer's own limit is lower than the topic's: learn it, once.
+                learnt = True
                 self.limits.refused(out.topic, size_of(out.value, out.key, out.headers))
-                out, fits = self._shorten(out, self.limits.of(out.topic)), False
-                on_delivery = self._answer(out)
+                shorter = self._fitted(out, self.limits.of(out.topic))
+                if shorter is out:
+                    raise
+                out, on_delivery = shorter, self._answer(shorter)
         self._in_flight += 1
         batch = self.batch
         self._unacked[batch] = self._unacked.get(batch, 0) + 1
