@@ -28,7 +28,52 @@ ENV_PREFIX = "DMON_"
 KAFKA_ENV_PREFIX = "DMON_KAFKA_"
 RECORD_FORMATS = ("json", "v2", "v1", "seldon", "auto")
 LOG_FORMATS = ("text", "json")
-SECRET_MARKERS = ("password", "secret", "jaas", "token", "key.pem", "private", "credential")
+
+# -- what may be logged: librdkafka keys are judged by their kind ------------------------
+#: Key families that carry credentials (SASL logins, OAuth and Kerberos settings, TLS
+#: keys and keystores). Every key under them is secret unless listed in ``PUBLIC_KEYS``
+#: or a ``.location`` path, so a setting a newer librdkafka adds stays hidden.
+SECRET_PREFIXES = ("sasl.", "ssl.")
+#: Keys under those prefixes that name or choose something rather than prove it. The
+#: user name is shown: it is an identity, not a credential, and it is what one needs to
+#: see when a login fails. ``ssl.certificate.pem`` and ``ssl.ca.pem`` are public in
+#: principle but stay hidden: a PEM value is often a bundle that carries the private key
+#: too, and a certificate blob says nothing useful in a log line.
+PUBLIC_KEYS = frozenset(
+    {
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.kerberos.service.name",
+        "sasl.kerberos.principal",
+        "sasl.kerberos.min.time.before.relogin",
+        "sasl.oauthbearer.method",
+        "sasl.oauthbearer.client.id",
+        "sasl.oauthbearer.scope",
+        "sasl.oauthbearer.token.endpoint.url",
+        "ssl.cipher.suites",
+        "ssl.curves.list",
+        "ssl.sigalgs.list",
+        "ssl.endpoint.identification.algorithm",
+        "ssl.providers",
+        "ssl.engine.id",
+        "ssl.ca.certificate.stores",
+    }
+)
+#: Any other key naming one of these is secret too (e.g. a schema registry's
+#: ``basic.auth.user.info``, which is ``user:password``).
+SECRET_MARKERS = (
+    "password",
+    "secret",
+    "jaas",
+    "token",
+    "credential",
+    "private",
+    "key.pem",
+    "oauth",
+    "basic.auth",
+    "user.info",
+)
 
 # librdkafka settings the worker owns: letting a user override them would break the
 # delivery guarantees, so they are refused with a clear message.
@@ -376,7 +421,16 @@ class WorkerConfig:
 
 
 def is_secret(key: str) -> bool:
+    """Whether a librdkafka key (or its ``DMON_KAFKA_*`` name) holds a secret.
+
+    A rule by kind of key rather than a list of words: under ``SECRET_PREFIXES`` only
+    known public keys and file locations are shown; elsewhere ``SECRET_MARKERS`` decide.
+    """
     low = key.lower()
+    if low.startswith(KAFKA_ENV_PREFIX.lower()):
+        low = low[len(KAFKA_ENV_PREFIX) :].replace("_", ".")
+    if low.startswith(SECRET_PREFIXES):
+        return low not in PUBLIC_KEYS and not low.endswith(".location")
     return any(marker in low for marker in SECRET_MARKERS)
 
 

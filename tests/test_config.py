@@ -10,7 +10,9 @@ import pytest
 
 from monitor.config import (
     OPTIONS,
+    WorkerConfig,
     add_arguments,
+    is_secret,
     load_config,
     reference_markdown,
 )
@@ -66,6 +68,51 @@ def test_kafka_options_pass_through_from_env_and_flags(detector_dir: Path) -> No
     assert conf["security.protocol"] == "SASL_PLAINTEXT"
     assert conf["sasl.mechanism"] == "PLAIN"
     assert "hunter2" not in repr(cfg.redacted())
+
+
+SECRET_SETTINGS = {
+    "sasl.password": "pw-1",
+    "sasl.jaas.config": "jaas-2",
+    "sasl.oauthbearer.config": "principal=svc scope=x",
+    "sasl.oauthbearer.extensions": "logicalCluster=lkc-3,identityPoolId=pool-4",
+    "sasl.oauthbearer.client.secret": "client-secret-5",
+    "sasl.oauthbearer.assertion.private.key.passphrase": "passphrase-6",
+    "sasl.kerberos.keytab": "/etc/keytab-7",
+    "sasl.kerberos.kinit.cmd": "kinit -t /etc/keytab-8",
+    "sasl.some.future.setting": "future-9",
+    "ssl.key.password": "key-pw-10",
+    "ssl.key.pem": "-----BEGIN PRIVATE KEY----- 11",
+    "ssl.keystore.password": "keystore-pw-12",
+    "ssl.certificate.pem": "-----BEGIN CERTIFICATE----- 13",
+    "ssl.ca.pem": "-----BEGIN CERTIFICATE----- 14",
+    "ssl.some.future.setting": "future-15",
+    "basic.auth.user.info": "user:password-16",
+}
+PUBLIC_SETTINGS = {
+    "security.protocol": "SASL_SSL",
+    "sasl.mechanism": "OAUTHBEARER",
+    "sasl.username": "svc-monitor",
+    "sasl.oauthbearer.method": "oidc",
+    "sasl.oauthbearer.client.id": "monitor-client",
+    "sasl.oauthbearer.token.endpoint.url": "https://idp.example/token",
+    "ssl.ca.location": "/etc/ca.pem",
+    "ssl.key.location": "/etc/client.key",
+    "ssl.endpoint.identification.algorithm": "https",
+}
+
+
+def test_every_credential_kind_of_kafka_setting_is_redacted_and_the_rest_shown() -> None:
+    config = WorkerConfig(kafka={**SECRET_SETTINGS, **PUBLIC_SETTINGS})
+    logged = config.redacted()["kafka"]
+    assert {k: v for k, v in logged.items() if v != "***"} == PUBLIC_SETTINGS
+    assert all(value not in repr(config.redacted()) for value in SECRET_SETTINGS.values())
+
+
+def test_kafka_environment_names_are_judged_like_their_librdkafka_keys() -> None:
+    assert is_secret("DMON_KAFKA_SASL_OAUTHBEARER_CONFIG")
+    assert is_secret("DMON_KAFKA_SSL_KEYSTORE_PASSWORD")
+    assert not is_secret("DMON_KAFKA_SASL_USERNAME")
+    assert not is_secret("DMON_KAFKA_SECURITY_PROTOCOL")
 
 
 def test_consumer_never_auto_commits(detector_dir: Path) -> None:

@@ -214,3 +214,41 @@ def test_a_keras_model_with_a_lambda_layer_is_refused_even_with_a_matching_manif
     with pytest.raises(DetectorFormatError, match=r"distilled_model\.keras.*Lambda"):
         load_detector(det)
     assert not marker.exists()
+
+
+def child_environ(pid: int) -> dict[str, str]:
+    """The environment a child process was started with, as the kernel keeps it."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (entry.partition(b"=") for entry in raw.split(b"\0") if entry)
+    return {name.decode(): value.decode(errors="replace") for name, _, value in pairs}
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_the_decoding_child_inherits_no_kafka_settings_or_other_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from confluent_kafka import Message
+    from poison_corpus import good_record
+
+    from monitor.stream.decode_process import DecodeProcess
+    from monitor.stream.records import InputSpec, RecordDecoder, RecordFormat
+
+    monkeypatch.setenv("DMON_KAFKA_SASL_PASSWORD", WRONG_PASSWORD)
+    monkeypatch.setenv("DMON_KAFKA_SSL_KEY_PASSWORD", WRONG_PASSWORD + "-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", WRONG_PASSWORD + "-aws")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    spec = InputSpec((8,), 3, max_message_bytes=4096)
+    messages = [Message(value=good_record(spec, seed)) for seed in range(5)]
+    decoder = DecodeProcess(spec, RecordFormat.JSON, timeout_s=30, restart_backoff_s=0)
+    decoder.start()
+    try:
+        assert decoder.pid is not None
+        env = child_environ(decoder.pid)
+        decoded = decoder.decode(messages)
+        assert decoder.fallbacks == 0, "the child decoded the batch itself"
+    finally:
+        decoder.close()
+    np.testing.assert_array_equal(decoded.X, RecordDecoder(spec).decode(messages).X)
+    assert not [name for name in env if name.startswith("DMON_") or "SECRET" in name]
+    assert not [value for value in env.values() if WRONG_PASSWORD in value]
+    assert env["OMP_NUM_THREADS"] == "1"  # thread settings still reach the child

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +38,42 @@ log = logging.getLogger(__name__)
 DECODE_TIMEOUT_S = 30.0
 #: Wait between restarts of a child that keeps failing (decoding goes on in-process).
 RESTART_BACKOFF_S = 5.0
+
+#: The only environment variables the child inherits. It parses bytes and needs no
+#: credentials, so Kafka settings (``DMON_KAFKA_*``, which hold SASL and SSL secrets) and
+#: anything else the worker was given stay in the worker. Kept: what starts the
+#: interpreter and finds its packages (``PATH``, ``HOME`` for the user site-packages,
+#: ``LD_LIBRARY_PATH`` for a shared libpython, the interpreter's own settings such as
+#: ``PYTHONHASHSEED``), locale and time zone, the temporary directory, and the thread
+#: counts of numpy's BLAS, which the child imports. ``PYTHONPATH`` is set by the parent.
+CHILD_ENV_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "LD_LIBRARY_PATH",
+        "TMPDIR",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "PYTHONHOME",
+        "PYTHONPLATLIBDIR",
+        "PYTHONUSERBASE",
+        "PYTHONNOUSERSITE",
+        "PYTHONSAFEPATH",
+        "PYTHONHASHSEED",
+        "PYTHONUTF8",
+        "PYTHONIOENCODING",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONPYCACHEPREFIX",
+        "PYTHONWARNINGS",
+        "PYTHONFAULTHANDLER",
+        "PYTHONDEVMODE",
+        "PYTHONMALLOC",
+        "VECLIB_MAXIMUM_THREADS",
+    }
+)
+CHILD_ENV_PREFIXES = ("LC_", "OMP_", "OPENBLAS_", "MKL_", "BLIS_")
+
 
 #: A batch on its way to the child: every value joined into one ``bytes`` (one copy,
 #: where pickling 512 small ``bytes`` objects cost three times as much), their lengths
@@ -65,6 +101,17 @@ def _unpack(payload: _Payload) -> tuple[list[bytes | None], list[Headers | None]
             values.append(blob[start : start + n])
             start += n
     return values, headers
+
+
+def child_environment(environ: Mapping[str, str], python_path: str) -> dict[str, str]:
+    """The allowed part of ``environ``, with ``PYTHONPATH`` set to ``python_path``."""
+    env = {
+        name: value
+        for name, value in environ.items()
+        if name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES)
+    }
+    env["PYTHONPATH"] = python_path
+    return env
 
 
 def _serve(conn: Connection, spec: InputSpec, fmt: RecordFormat) -> None:
@@ -179,7 +226,7 @@ class DecodeProcess:
                 [sys.executable, "-m", __name__, str(theirs.fileno()), json.dumps(settings)],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": python_path},
+                env=child_environment(os.environ, python_path),
             )
         self._conn, self._process = Connection(ours.detach()), process
         log.info("decoding in a child process (pid %d)", process.pid)
