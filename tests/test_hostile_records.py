@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import tracemalloc
+from typing import Any
 
 import pytest
 
@@ -94,9 +95,9 @@ def test_header_caches_keep_no_attacker_sized_value() -> None:
         huge_value = bytes([65 + i % 26]) * (2 * 1024 * 1024)
         huge_name = "x" * (1024 * 1024) + str(i)
         decoder_facts([("ce_modelid", huge_value), (huge_name, b"v"), ("ce_type", huge_value)])
-    kept = sum(
-        sys.getsizeof(text) for key in header_module._FACTS_CACHE for _f, text in key
-    ) + sum(sys.getsizeof(name) for name in header_module._FIELD_CACHE)
+    kept = sum(sys.getsizeof(text) for key in header_module._FACTS_CACHE for _f, text in key) + sum(
+        sys.getsizeof(name) for name in header_module._FIELD_CACHE
+    )
     assert kept < 1024 * 1024, f"the header caches hold {kept} bytes"
 
 
@@ -123,3 +124,34 @@ def test_a_batch_counts_keys_and_headers_so_large_headers_close_it_early() -> No
     )
     batcher.add([heavy] * 20)
     assert len(batcher.take()) < 10
+
+
+def test_headers_the_client_cannot_read_are_replaced_once_and_dead_lettered_not_utf8() -> None:
+    from monitor.stream.headers import UNREADABLE, guard_headers
+
+    class Unreadable:
+        """Like confluent-kafka's Message for a header name that isn't UTF-8: the first
+        headers() raises, later ones return a broken list (here: a sentinel)."""
+
+        def __init__(self) -> None:
+            self._headers: Any = None
+            self.calls = 0
+
+        def headers(self) -> Any:
+            self.calls += 1
+            if self._headers is None:
+                self._headers = "broken"
+                raise SystemError("returned a result with an exception set")
+            return self._headers
+
+        def set_headers(self, headers: Any) -> None:
+            self._headers = headers
+
+    bad = Unreadable()
+    guard_headers([bad])
+    assert bad.headers() == [(UNREADABLE, b"a header name of the record is not UTF-8")]
+    record = json.dumps({"id": "a", "instance": [0.5] * 8}).encode()
+    decoded = RecordDecoder(SPEC, RecordFormat.JSON).decode_values([record], [bad.headers()])
+    assert [(d.reason, d.detail) for d in decoded.dead] == [
+        (Reason.NOT_UTF8, "its headers cannot be read (a header name that is not UTF-8)")
+    ]

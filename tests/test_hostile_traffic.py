@@ -12,13 +12,16 @@ RSS bounded.
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fault_scenarios import EOS, MODES, read_to_end
+from fixtures_kafka import produce_messages
 from hostile_traffic import (
     DEAD,
     HostileProducer,
@@ -32,10 +35,23 @@ from hostile_traffic import (
     wait_ready,
     worker_args,
 )
-from worker_harness import scrape
+from worker_harness import (
+    committed_offsets,
+    json_record,
+    metric_sum,
+    running_worker,
+    scrape,
+    wait_until,
+    worker_config,
+)
+
+from monitor import load_detector
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults, pytest.mark.slow]
 
+P = "distillation_monitor_"
+KCAT = [b"kcat", b"-P", b"-b"]
+NOT_UTF8 = b"n\xff\xfeme=v"  # a header named n, 0xff, 0xfe, me
 PARTITIONS = 2
 PEAK_RSS_LIMIT_MB = 2500.0
 
@@ -118,3 +134,42 @@ def test_one_cycle_of_hostile_traffic_holds_every_class(saved_detector_dir: Path
     assert all(p.outcome == DEAD and p.reason for p in records if p.kind.startswith("poison:"))
     assert traffic.record(123) == HostileTraffic(saved_detector_dir, seed=3, every=4).record(123)
     assert sum(len(p.alerts) for p in records if p.kind == "v2_1000_rows") > 500
+
+
+def test_a_record_whose_header_name_is_not_utf8_is_dead_lettered_and_the_rest_scored(
+    kafka_bootstrap: str, make_topic: Any, saved_detector_dir: Path, unique_group: str
+) -> None:
+    """The Kafka client cannot even build such a record's headers (it raises), so the
+    decoder and the dead-letter path must both get by without them. Python's client
+    always writes UTF-8 names: kcat writes the raw bytes."""
+    inp, alerts, dlq = make_topic(1), make_topic(1, "alerts"), make_topic(1, "dlq")
+    good = json_record("good-0", np.zeros(saved_detector_input_size(saved_detector_dir)))
+    produce_messages(kafka_bootstrap, inp, [(b"g0", good)])
+    subprocess.run(
+        [*KCAT, kafka_bootstrap.encode(), b"-t", inp.encode(), b"-k", b"bad", b"-H", NOT_UTF8],
+        input=b"{not even json",
+        check=True,
+        timeout=60,
+    )
+    produce_messages(kafka_bootstrap, inp, [(b"g1", good)])
+    config = worker_config(kafka_bootstrap, saved_detector_dir, inp, alerts, dlq, unique_group)
+    with running_worker(config) as worker:
+        wait_until(
+            lambda: committed_offsets(kafka_bootstrap, unique_group, inp, 1) == [3],
+            120,
+            "all three records committed",
+        )
+        assert worker.summary.scored == 2
+        dead = metric_sum(scrape(worker.metrics_port or 0), P + "records_dead_lettered_total")
+    letters = read_to_end(kafka_bootstrap, dlq)
+    assert [m.key for m in letters] == [b"bad"]
+    headers = dict(letters[0].headers or [])
+    assert headers["dmon.reason"] == b"not_utf8"
+    assert headers["dmon.source.offset"] == b"1"
+    assert "dmon.original.headers_unreadable" in headers
+    assert letters[0].value == b"{not even json"
+    assert dead == 1
+
+
+def saved_detector_input_size(detector_dir: Path) -> int:
+    return int(np.prod(load_detector(detector_dir).input_shape))

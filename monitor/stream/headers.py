@@ -9,8 +9,14 @@ and Seldon's payload logger (``type``, ``requestid``, ``modelid``, ``inferencese
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+#: The one header a record keeps when the Kafka client cannot read its own (a header
+#: name that is not UTF-8): see ``guard_headers``.
+UNREADABLE = "dmon.original.headers_unreadable"
+_UNREADABLE_HEADERS = [(UNREADABLE, b"a header name of the record is not UTF-8")]
 
 #: Longest header or label value kept; longer ones are cut (labels become metric labels).
 MAX_VALUE_CHARS = 256
@@ -223,3 +229,25 @@ def decoder_facts(headers: Headers) -> tuple[ModelLabels | None, bool]:
         _FACTS_CACHE.clear()
     _FACTS_CACHE[frozen] = facts
     return facts
+
+
+def guard_headers(messages: Iterable[Any]) -> None:
+    """Replace the headers of messages whose headers the Kafka client cannot read.
+
+    confluent-kafka cannot build a header name that is not UTF-8: the first
+    ``headers()`` raises, and every later call returns a pair holding a NULL name that
+    crashes the interpreter (a segmentation fault) when touched. So each message's
+    headers are read once, here, before anything else does, and those that fail are
+    replaced by ``UNREADABLE`` alone: the decoder dead-letters such a record as
+    ``not_utf8``, and its dead letter says why its headers are gone.
+    """
+    for message in messages:
+        try:
+            message.headers()
+        except Exception:
+            message.set_headers(list(_UNREADABLE_HEADERS))
+
+
+def is_unreadable(headers: Headers) -> bool:
+    """Whether ``guard_headers`` replaced these headers."""
+    return type(headers) is list and len(headers) == 1 and headers[0][0] == UNREADABLE

@@ -46,6 +46,7 @@ from monitor.stream.headers import (
     ModelLabels,
     decoder_facts,
     header_bytes,
+    is_unreadable,
     labels_of,
     merge_labels,
     read_headers,
@@ -73,6 +74,8 @@ __all__ = [
 
 #: Longest dead-letter detail (it travels in a Kafka header).
 MAX_DETAIL_CHARS = 300
+#: The detail of a record whose headers the Kafka client cannot read.
+UNREADABLE_HEADERS = "its headers cannot be read (a header name that is not UTF-8)"
 #: Context fields kept per alert, in bytes of JSON.
 MAX_CONTEXT_BYTES = 2048
 
@@ -201,11 +204,17 @@ class RecordDecoder:
         headers: list[Headers | None] = []
         unreadable: list[DeadLetter] = []
         for index, message in enumerate(messages):
+            value: bytes | None = None
+            head: Headers | None = None
             try:
-                value, head = message.value(), message.headers()
+                value = message.value()
+                try:
+                    head = message.headers()
+                except Exception:  # the client cannot build a header name that isn't UTF-8
+                    value = None
+                    unreadable.append(DeadLetter(index, Reason.NOT_UTF8, UNREADABLE_HEADERS))
             except Exception as exc:
                 unreadable.append(DeadLetter(index, *_failure(exc)))
-                value = head = None
             values.append(value)
             headers.append(head)
         return self.decode_values(values, headers, unreadable)
@@ -241,6 +250,8 @@ class RecordDecoder:
             if headers is not None and (head := headers[index]):
                 try:
                     # Headers count against the size limit too, before anything reads them.
+                    if is_unreadable(head):
+                        reject(Reason.NOT_UTF8, UNREADABLE_HEADERS)
                     size = len(raw or b"") + header_bytes(head)
                     if size > max_bytes:
                         reject(

@@ -46,7 +46,7 @@ from monitor.stream.checkpoint import (
 )
 from monitor.stream.decode_process import DecodeProcess, PendingDecode, Ready
 from monitor.stream.drift import DriftResult, DriftWindow
-from monitor.stream.headers import header_bytes
+from monitor.stream.headers import guard_headers, header_bytes
 from monitor.stream.prefetch import Prefetcher
 from monitor.stream.publisher import Outgoing, OutputLimits, Publisher, describe
 from monitor.stream.records import (
@@ -77,7 +77,6 @@ SETTLE_POLL_S = 0.02
 MAKE_ROOM_S = 1.0
 LIVENESS_STALL_S = 300.0
 SCORING_ERROR = "scoring_error"
-UNREADABLE_HEADERS = "dmon.original.headers_unreadable"
 
 
 @dataclass(frozen=True)
@@ -304,7 +303,9 @@ class Worker:
         return batcher.take()
 
     def _usable(self, messages: list[Message]) -> list[Message]:
-        """Drop error events (logged and counted); they are not records."""
+        """Drop error events (logged and counted); they are not records. Headers the
+        client cannot read are replaced before anything reads them (``guard_headers``)."""
+        guard_headers(messages)
         good = [m for m in messages if m.error() is None]
         if len(good) != len(messages):
             for m in messages:
@@ -519,8 +520,8 @@ class Worker:
         ts_type, ts = message.timestamp()
         try:
             original = message.headers()
-        except Exception:  # e.g. a header name that isn't UTF-8: dead-lettered without them
-            original = [(UNREADABLE_HEADERS, b"the record's headers could not be read")]
+        except Exception:  # unreadable, and not replaced by guard_headers (never expected)
+            original = None
         headers = dead_letter_headers(
             reason=reason,
             detail=detail,
