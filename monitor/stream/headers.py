@@ -58,7 +58,11 @@ class HeaderInfo:
     @property
     def is_response(self) -> bool:
         """A response event logged apart from its request: counted, never scored."""
-        return self.event_type is not None and self.event_type.lower().endswith("response")
+        return _is_response(self.event_type)
+
+
+def _is_response(event_type: str | None) -> bool:
+    return event_type is not None and event_type.lower().endswith("response")
 
 
 # Normalised header name -> field. Several names can feed one field; the first seen wins.
@@ -216,14 +220,13 @@ def decoder_facts(headers: Headers) -> tuple[ModelLabels | None, bool]:
         return _FACTS_CACHE[frozen]
     except KeyError:
         pass
-    event_type = first.get("event_type")
     facts = (
         labels_of(
             first.get("model_name") or first.get("model_id"),
             first.get("model_version"),
             first.get("namespace"),
         ),
-        event_type is not None and event_type.lower().endswith("response"),
+        _is_response(first.get("event_type")),
     )
     if len(_FACTS_CACHE) >= _CACHE_MAX:
         _FACTS_CACHE.clear()
