@@ -11,16 +11,17 @@ import pytest
 
 from monitor.stream import headers as header_module
 from monitor.stream.headers import decoder_facts
-from monitor.stream.records import InputSpec, Reason, RecordDecoder, RecordFormat
+from monitor.stream.records import DecodedBatch, InputSpec, Reason, RecordDecoder, RecordFormat
 
 SPEC = InputSpec((8,), 3, max_message_bytes=1_048_576)
 
 
-def _peak_bytes_of(fn: object) -> int:
+def _decode_measured(decoder: RecordDecoder, record: bytes) -> tuple[DecodedBatch, int]:
+    """The decoded batch of one record, and the peak bytes Python allocated for it."""
     tracemalloc.start()
     try:
-        fn()  # type: ignore[operator]
-        return tracemalloc.get_traced_memory()[1]
+        decoded = decoder.decode_values([record])
+        return decoded, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
@@ -40,29 +41,14 @@ def test_a_declared_shape_far_beyond_its_data_is_refused_without_building_it(
     # is built.
     decoder = RecordDecoder(InputSpec((8,), 3, max_rows=10_000_000), fmt)
     bomb = _v2([1_000_000, 8])
-    decoded = None
-
-    def decode() -> None:
-        nonlocal decoded
-        decoded = decoder.decode_values([bomb])
-
-    peak = _peak_bytes_of(decode)
-    assert decoded is not None
+    decoded, peak = _decode_measured(decoder, bomb)
     assert [(d.index, d.reason) for d in decoded.dead] == [(0, Reason.SHAPE)]
     assert peak < 64 * 1024, f"decoding a {len(bomb)}-byte record took {peak} bytes"
 
 
 def test_a_declared_row_count_beyond_the_cap_is_too_many_rows_at_no_cost() -> None:
     decoder = RecordDecoder(SPEC, RecordFormat.AUTO)
-    bomb = _v2([10_000_000, 8])
-    decoded = None
-
-    def decode() -> None:
-        nonlocal decoded
-        decoded = decoder.decode_values([bomb])
-
-    peak = _peak_bytes_of(decode)
-    assert decoded is not None
+    decoded, peak = _decode_measured(decoder, _v2([10_000_000, 8]))
     assert [d.reason for d in decoded.dead] == [Reason.TOO_MANY_ROWS]
     assert "10000000 rows" in decoded.dead[0].detail
     assert peak < 64 * 1024
