@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from monitor.detector.persistence import FORMAT_VERSION, MANIFEST, read_manifest
+from monitor.detector.manifest import FORMAT_VERSION, MANIFEST, read_manifest
 from monitor.errors import DetectorFormatError
 
 

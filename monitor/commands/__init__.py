@@ -2,9 +2,10 @@
 
 Every module here exposes ``ORDER: int`` (its place in ``--help``) and
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
-``(args) -> int``. Modules import only the standard library (and ``monitor.config``) at
-import time: TensorFlow and Kafka are imported inside the command that needs them, so
-``--help`` answers in well under a second.
+``(args) -> int``. Modules import only the standard library (and light option modules such
+as ``monitor.config`` or ``monitor.evaluation.defaults``) at import time: TensorFlow and
+Kafka are imported inside the command that needs them, so ``--help`` answers in well under
+a second.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from monitor.detector.demo import DEMO_INFO_FILE, build_demo_detector
-    from monitor.detector.persistence import read_manifest
+    from monitor.detector.manifest import read_manifest
 
     print(f"training the digits classifier and its detector (seed {args.seed}) ...")
     out = build_demo_detector(args.out, seed=args.seed)

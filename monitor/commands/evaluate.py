@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from monitor.evaluation.defaults import (
+    DEFAULT_EPSILONS,
+    DEFAULT_SEEDS,
+    DEFAULT_SEVERITIES,
+    DEFAULT_TRIALS,
+)
+
 ORDER = 40
 
 DESCRIPTION = """\
@@ -20,8 +27,6 @@ test split. With --detector, the seeds vary only the corruptions and window draw
 Prints tables, writes report.json and PNG plots into --out.
 """
 
-DEFAULT_SEEDS = "0,1,2"
-DEFAULT_EPSILONS = "0.03,0.06,0.1"
 DEFAULT_OUT = ".local/evaluation"
 DEFAULT_CACHE = ".local/eval-detector"
 
@@ -45,7 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="auto",
         help="natural corruptions: comma list, 'all' or 'none' (default auto: all for images in [0, 1])",
     )
-    p.add_argument("--severities", default="1-5", help="severities, e.g. 1-5 or 3,5 (default 1-5)")
+    p.add_argument(
+        "--severities",
+        default=DEFAULT_SEVERITIES,
+        help=f"severities, e.g. 1-5 or 3,5 (default {DEFAULT_SEVERITIES})",
+    )
     p.add_argument(
         "--attacks",
         default="auto",
@@ -54,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilons", default=None, help=f"attack epsilons (default {DEFAULT_EPSILONS})")
     p.add_argument("--seeds", default=None, help=f"seeds, e.g. 0,1,2 (default {DEFAULT_SEEDS})")
     p.add_argument("--window", type=int, default=200, help="records per drift window (default 200)")
-    p.add_argument("--trials", type=int, default=None, help="windows per fraction (default 500)")
+    p.add_argument(
+        "--trials", type=int, default=None, help=f"windows per fraction (default {DEFAULT_TRIALS})"
+    )
     p.add_argument(
         "--p-value",
         type=float,

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.detector.persistence import read_manifest
+    from monitor.detector.manifest import read_manifest
 
     manifest = read_manifest(args.detector)
     data = manifest.to_dict()

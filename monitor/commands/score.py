@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--batch-size must be at least 1")
     if args.output and not args.output.lower().endswith((".csv", ".jsonl", ".ndjson")):
         raise DataFileError(f"{args.output}: --output must end in .csv or .jsonl")
-    from monitor.detector.persistence import read_manifest
+    from monitor.detector.manifest import read_manifest
 
     read_manifest(args.detector)  # fail fast, before TensorFlow starts
     from monitor.detector.tf_runtime import start_tensorflow

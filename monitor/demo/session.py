@@ -107,7 +107,7 @@ def _broker(opts: DemoOptions, say: Say) -> dict[str, Any]:
 
 def _detector(opts: DemoOptions, say: Say) -> None:
     from monitor.detector.demo import build_demo_detector
-    from monitor.detector.persistence import read_manifest
+    from monitor.detector.manifest import read_manifest
 
     lead = "[2/5] detector:"
     if not (opts.detector / "manifest.json").is_file():

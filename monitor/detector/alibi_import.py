@@ -40,7 +40,7 @@ import numpy as np
 from monitor.errors import DetectorError, DetectorFormatError, UnsafePickleError
 
 if TYPE_CHECKING:
-    from monitor.detector.persistence import Manifest
+    from monitor.detector.manifest import Manifest
 
 MAX_PICKLE_BYTES = 64 << 10
 MAX_VALUES = 10_000

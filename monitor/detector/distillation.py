@@ -31,7 +31,7 @@ from monitor.detector.losses import (
 from monitor.errors import DetectorError, InputValidationError
 
 if TYPE_CHECKING:
-    from monitor.detector.persistence import Manifest
+    from monitor.detector.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from monitor._version import __version__
-from monitor.commands.evaluate import DEFAULT_EPSILONS, DEFAULT_SEEDS
 from monitor.config import WorkerConfig
 from monitor.corruptions import NATURAL
 from monitor.errors import EvaluationError
+from monitor.evaluation.defaults import (
+    DEFAULT_EPSILONS,
+    DEFAULT_SEEDS,
+    DEFAULT_SEVERITIES,
+    DEFAULT_TRIALS,
+)
 from monitor.evaluation.harm import ATTACKS, MIN_GROUP, CorruptionSpec, plan
 from monitor.evaluation.report import (
     aggregate_rows,
@@ -38,7 +43,6 @@ if TYPE_CHECKING:
     from monitor.detector.distillation import ModelDistillation
 
 QUICK_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
-DEFAULT_TRIALS = 500
 QUICK_TRIALS = 50
 
 
@@ -218,61 +222,106 @@ def _resolve(
     return requested
 
 
-def prepare(args: argparse.Namespace) -> Setup:
-    """Turn the command-line options into a plan, failing early on anything unusable."""
-    quick = bool(args.quick)
+def _seeds(args: argparse.Namespace, quick: bool) -> list[int]:
     seeds = parse_ints(args.seeds or DEFAULT_SEEDS, "seeds")
-    if quick and args.seeds is None:
-        seeds = seeds[:1]
+    return seeds[:1] if quick and args.seeds is None else seeds
+
+
+def _severities(args: argparse.Namespace, quick: bool) -> list[int]:
     severities = parse_ints(args.severities, "severities")
-    if quick and args.severities == "1-5":
+    if quick and args.severities == DEFAULT_SEVERITIES:
         severities = [3, 5]
     if any(s not in (1, 2, 3, 4, 5) for s in severities):
         raise EvaluationError("--severities must be between 1 and 5")
+    return severities
+
+
+def _epsilons(args: argparse.Namespace, quick: bool) -> list[float]:
+    """``--quick`` without ``--epsilons`` keeps only the middle default, a typical strength."""
     epsilons = parse_floats(args.epsilons or DEFAULT_EPSILONS, "epsilons")
     if quick and args.epsilons is None:
-        epsilons = epsilons[len(epsilons) // 2 : len(epsilons) // 2 + 1]
+        middle = len(epsilons) // 2
+        epsilons = epsilons[middle : middle + 1]
+    return epsilons
+
+
+def _check_window(args: argparse.Namespace) -> None:
     if args.window < 10:
         raise EvaluationError("--window must be at least 10 records")
-    trials = args.trials if args.trials is not None else (QUICK_TRIALS if quick else DEFAULT_TRIALS)
+
+
+def _trials(args: argparse.Namespace, quick: bool) -> int:
+    if args.trials is not None:
+        trials = int(args.trials)
+    else:
+        trials = QUICK_TRIALS if quick else DEFAULT_TRIALS
     if trials < 1:
         raise EvaluationError("--trials must be positive")
+    return trials
+
+
+def _p_value(args: argparse.Namespace) -> float:
+    """The worker's own default, so the evaluation measures the test the worker runs."""
     p_value = args.p_value if args.p_value is not None else WorkerConfig.drift_p_value
     if not 0 < p_value < 1:
         raise EvaluationError("--p-value must be between 0 and 1")
+    return float(p_value)
 
-    notes: list[str] = []
-    data: tuple[np.ndarray, np.ndarray] | None = None
-    user_sets: list[tuple[CorruptionSpec, np.ndarray]] = []
+
+@dataclass(frozen=True)
+class CleanInput:
+    """The clean data (None: the digits demo split of each seed) and what it allows."""
+
+    data: tuple[np.ndarray, np.ndarray] | None
+    description: str
+    images: bool  # shaped (n, H, W[, C]), so the natural corruptions apply
+    in_range: bool  # values in [0, 1], as the corruptions and attacks assume
+
+
+def _clean_input(args: argparse.Namespace) -> CleanInput:
     if args.data:
         x, y = load_npz(args.data, need_y=True)
         assert y is not None
         if args.max_rows:
             x, y = x[: args.max_rows], y[: args.max_rows]
-        data = (x, y)
-        description = f"{args.data} ({len(x)} rows)"
-        images, in_range = x.ndim >= 3, unit_range(x)
-    elif args.corrupted:
-        raise EvaluationError("--corrupted needs the clean originals, row-aligned, in --data")
-    else:
-        description = "digits demo test split (sklearn digits, 8x8 in [0, 1])"
-        images, in_range = True, True
+        return CleanInput((x, y), f"{args.data} ({len(x)} rows)", x.ndim >= 3, unit_range(x))
     if args.corrupted:
-        assert data is not None
-        xc, yc = load_npz(args.corrupted, need_y=False)
-        xc = xc[: len(data[0])] if args.max_rows else xc
-        if xc.shape != data[0].shape:
-            raise EvaluationError(
-                f"{args.corrupted}: X has shape {xc.shape}, the clean data {data[0].shape}"
-            )
-        if yc is not None and not np.array_equal(yc[: len(data[1])], data[1]):
-            raise EvaluationError(f"{args.corrupted}: y differs from the clean data's labels")
-        user_sets.append((CorruptionSpec(Path(args.corrupted).stem, "user", 0.0), xc))
+        raise EvaluationError("--corrupted needs the clean originals, row-aligned, in --data")
+    return CleanInput(
+        None, "digits demo test split (sklearn digits, 8x8 in [0, 1])", images=True, in_range=True
+    )
 
+
+def _user_sets(
+    args: argparse.Namespace, data: tuple[np.ndarray, np.ndarray] | None
+) -> list[tuple[CorruptionSpec, np.ndarray]]:
+    """The ``--corrupted`` set, checked to be row-aligned with the clean data."""
+    if not args.corrupted:
+        return []
+    assert data is not None  # _clean_input refuses --corrupted without --data
+    xc, yc = load_npz(args.corrupted, need_y=False)
+    xc = xc[: len(data[0])] if args.max_rows else xc
+    if xc.shape != data[0].shape:
+        raise EvaluationError(
+            f"{args.corrupted}: X has shape {xc.shape}, the clean data {data[0].shape}"
+        )
+    if yc is not None and not np.array_equal(yc[: len(data[1])], data[1]):
+        raise EvaluationError(f"{args.corrupted}: y differs from the clean data's labels")
+    return [(CorruptionSpec(Path(args.corrupted).stem, "user", 0.0), xc)]
+
+
+def _case_specs(
+    args: argparse.Namespace,
+    severities: list[int],
+    epsilons: list[float],
+    clean: CleanInput,
+    notes: list[str],
+) -> list[CorruptionSpec]:
+    """The natural corruptions and attacks that apply to the clean data."""
     natural = _resolve(
         parse_names(args.corruptions, tuple(NATURAL), "corruptions"),
         tuple(NATURAL),
-        images and in_range,
+        clean.images and clean.in_range,
         "the data are not images (n, H, W[, C]) with values in [0, 1]",
         "corruptions",
         notes,
@@ -280,12 +329,28 @@ def prepare(args: argparse.Namespace) -> Setup:
     attacks = _resolve(
         parse_names(args.attacks, ATTACKS, "attacks"),
         ATTACKS,
-        in_range,
+        clean.in_range,
         "the attacks assume inputs in [0, 1]",
         "attacks",
         notes,
     )
-    specs = plan(natural, severities, attacks, epsilons)
+    return plan(natural, severities, attacks, epsilons)
+
+
+def prepare(args: argparse.Namespace) -> Setup:
+    """Turn the command-line options into a plan, failing early on anything unusable."""
+    quick = bool(args.quick)
+    seeds = _seeds(args, quick)
+    severities = _severities(args, quick)
+    epsilons = _epsilons(args, quick)
+    _check_window(args)
+    trials = _trials(args, quick)
+    p_value = _p_value(args)
+
+    clean = _clean_input(args)
+    user_sets = _user_sets(args, clean.data)
+    notes: list[str] = []
+    specs = _case_specs(args, severities, epsilons, clean, notes)
     if not specs and not user_sets:
         raise EvaluationError("nothing to evaluate: no corruptions, attacks or --corrupted set")
     options = SuiteOptions(
@@ -296,11 +361,12 @@ def prepare(args: argparse.Namespace) -> Setup:
         fractions=QUICK_FRACTIONS if quick else DEFAULT_FRACTIONS,
         pgd_steps=5 if quick else 10,
     )
-    plans = seed_plans(args, seeds, data is not None)
-    if data is None:
+    plans = seed_plans(args, seeds, clean.data is not None)
+    description = clean.description
+    if clean.data is None:
         splits = ", ".join(dict.fromkeys(str(p.digits_seed) for p in plans))
         description += f", split seed {splits}"
-    return Setup(options, seeds, plans, data, user_sets, notes, description)
+    return Setup(options, seeds, plans, clean.data, user_sets, notes, description)
 
 
 def _load(plan_: SeedPlan, verbose: bool) -> ModelDistillation:
