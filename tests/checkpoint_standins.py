@@ -6,17 +6,13 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from monitor.stream.checkpoint import BatchOffsets
-
 
 class Host:
-    """The worker as a checkpoint sees it: every partition assigned, never stopping;
-    records rewinds and offset commits."""
-
-    consumer: Any = None
+    """The intake as a checkpoint sees it: every partition assigned; counts rewinds and
+    records offset commits."""
 
     def __init__(self) -> None:
-        self.rewound: list[BatchOffsets] = []
+        self.rewinds = 0
         self.committed: list[list[tuple[str, int, int]]] = []
 
     def serve_group(self, seconds: float) -> None:
@@ -25,13 +21,10 @@ class Host:
     def is_assigned(self, tp: Any) -> bool:
         return True
 
-    def stopping_past_deadline(self) -> bool:
-        return False
+    def rewind(self) -> None:
+        self.rewinds += 1
 
-    def rewind(self, offsets: BatchOffsets) -> None:
-        self.rewound.append(offsets)
-
-    def commit_offsets(self, offsets: list[TopicPartition]) -> None:
+    def commit(self, offsets: list[TopicPartition]) -> None:
         self.committed.append([(tp.topic, tp.partition, tp.offset) for tp in offsets])
 
     def group_metadata(self) -> Any:

@@ -13,6 +13,7 @@ from fault_scenarios import alert_ids, read_to_end
 from fixtures_kafka import produce_messages
 from worker_harness import (
     committed_offsets,
+    joined,
     json_record,
     metric_sum,
     running_worker,
@@ -200,7 +201,7 @@ def test_a_zombie_with_the_same_transactional_id_is_fenced_and_stops(
             # The successor's init_transactions fenced the zombie; its next batch must fail.
             # (Wait until it has joined: records sent before that may still be committed
             # by the zombie, which would then have nothing left to fail on.)
-            wait_until(lambda: successor._ready, 60, "the successor to join the group")
+            wait_until(lambda: joined(successor), 60, "the successor to join the group")
             second = records(traffic, "b")
             produce_messages(kafka_bootstrap, inp, second)
             wait_until(lambda: zombie.poll() is not None, 60, "the zombie to stop")

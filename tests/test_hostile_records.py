@@ -147,14 +147,12 @@ def test_alerts_of_a_many_row_message_read_the_message_once() -> None:
     """Each flagged row's alert needs the message's id and context: read once per
     message, not once per row (a 1 MiB message of 1,000 flagged rows was parsed 1,000
     times on the scoring thread)."""
-    from types import SimpleNamespace
-
     import numpy as np
     from confluent_kafka import Message
 
     from monitor.stream.alerts import DetectorIdentity
+    from monitor.stream.outputs import alerts
     from monitor.stream.scoring import BatchScores
-    from monitor.stream.worker import Worker
 
     rows = 1000
     body = json.dumps(
@@ -176,19 +174,12 @@ def test_alerts_of_a_many_row_message_read_the_message_once() -> None:
 
     message = Counting(topic="in", partition=0, offset=5, value=body, key=b"k" * 1000)
     decoded = RecordDecoder(SPEC, RecordFormat.V2).decode([message])
-    published: list[Any] = []
-    worker: Any = Worker.__new__(Worker)
-    worker.decoder_format = RecordFormat.V2
-    worker.config = SimpleNamespace(max_context_bytes=2048, alert_topic="alerts")
-    worker.checkpoint = SimpleNamespace(publish=published.append)
     identity = DetectorIdentity("d", "1", "kld", 1.0, "h" * 16, 0.1)
     scores = BatchScores(
         np.ones(rows, np.float32), np.ones(rows, bool), np.zeros(rows), np.zeros(rows), identity
     )
     Counting.reads = 0
-    identities: dict[int, Any] = {}
-    for row in range(rows):
-        worker._publish_alert([message], decoded, scores, row, identities)
+    published = alerts([message], decoded, scores, RecordFormat.V2, "alerts", 2048)
     assert len(published) == rows
     assert Counting.reads <= 2
     assert json.loads(published[-1].value)["id"] == f"req-7#{rows - 1}"

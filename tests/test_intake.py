@@ -1,8 +1,8 @@
-"""The prefetch thread: order, bounded memory, rewinds, revokes and queued commits.
+"""The intake: order, bounded memory, rewinds, revokes, the assignment and queued commits.
 
 A fake consumer stands in for confluent-kafka (partition logs, positions, pause/resume,
-seek, commits); rebalance callbacks are simulated by calling ``release`` from inside
-``consume``, on the prefetch thread, as confluent-kafka does.
+seek, commits); rebalance callbacks are simulated by calling the intake's own callbacks
+from inside ``consume``, on the intake's thread, as confluent-kafka does.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from confluent_kafka import Message, TopicPartition
+from checkpoint_standins import NullMetrics
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from monitor.stream.batcher import Batcher
-from monitor.stream.checkpoint import TP
 from monitor.stream.decode_process import Ready
-from monitor.stream.prefetch import Prefetcher, Prepared
+from monitor.stream.intake import Intake, Prepared
 
 TOPIC = "in"
 
@@ -114,33 +114,32 @@ def make(
     consumer: FakeConsumer,
     batch: int = 4,
     depth: int = 2,
-    assigned: Callable[[TP], bool] = lambda _tp: True,
     decode: Callable[[list[Message]], Any] | None = None,
     **kw: Any,
-) -> Prefetcher:
-    prefetcher = Prefetcher(
+) -> Intake:
+    """An intake over ``consumer``, every partition assigned, started."""
+    intake = Intake(
         consumer,  # type: ignore[arg-type]
         Batcher(batch, 0.01),
         decode or (lambda messages: Ready(offsets_of(messages))),  # type: ignore[arg-type]
-        lambda messages: messages,
-        assigned,
-        lambda exc: None,
+        NullMetrics(),
         depth=depth,
         **kw,
     )
-    prefetcher.start()
-    return prefetcher
+    intake._on_assign(consumer, consumer.assignment())  # type: ignore[arg-type]
+    intake.start()
+    return intake
 
 
-def take(prefetcher: Prefetcher, timeout: float = 5.0) -> Prepared:
-    item = prefetcher.next(timeout)
+def take(intake: Intake, timeout: float = 5.0) -> Prepared:
+    item = intake.next(timeout)
     assert item is not None, "no batch within the timeout"
     return item
 
 
 @pytest.fixture
 def stop_after() -> Any:
-    started: list[Prefetcher] = []
+    started: list[Intake] = []
     yield started.append
     for p in started:
         p.stop()
@@ -148,16 +147,16 @@ def stop_after() -> Any:
 
 def test_batches_arrive_decoded_in_consumption_order_with_their_offsets(stop_after: Any) -> None:
     consumer = FakeConsumer({0: 10})
-    prefetcher = make(consumer, batch=4)
-    stop_after(prefetcher)
+    intake = make(consumer, batch=4)
+    stop_after(intake)
     seen = []
     for _ in range(3):
-        item = take(prefetcher)
+        item = take(intake)
         assert item.decoded == offsets_of(item.messages)  # type: ignore[comparison-overlap]
         assert item.offsets.first == {(TOPIC, 0): item.messages[0].offset()}
         assert item.offsets.next == {(TOPIC, 0): (item.messages[-1].offset() or 0) + 1}
         seen += offsets_of(item.messages)
-        prefetcher.complete(item.offsets, committed=True)
+        intake.complete(item.offsets, committed=True)
     assert seen == [(0, i) for i in range(10)]
 
 
@@ -165,15 +164,15 @@ def test_no_more_than_depth_batches_wait_and_the_group_is_still_served(
     stop_after: Any,
 ) -> None:
     consumer = FakeConsumer({0: 100_000})
-    prefetcher = make(consumer, batch=8, depth=2, stall_s=0.05)
-    stop_after(prefetcher)
+    intake = make(consumer, batch=8, depth=2, stall_s=0.05)
+    stop_after(intake)
     time.sleep(0.5)  # the worker takes nothing meanwhile
-    assert prefetcher.held <= 2 * 8 + 8 + 100  # queue + open batch + one paused poll
+    assert intake.held <= 2 * 8 + 8 + 100  # queue + open batch + one paused poll
     assert consumer.paused == {0}, "a stuck worker must pause fetching"
     calls = consumer.consume_calls
     time.sleep(0.2)
     assert consumer.consume_calls > calls, "consume() must keep being called while paused"
-    take(prefetcher)
+    take(intake)
     for _ in range(200):
         if not consumer.paused:
             break
@@ -185,65 +184,63 @@ def test_rewind_goes_back_to_the_first_record_not_completed_and_drops_the_queue(
     stop_after: Any,
 ) -> None:
     consumer = FakeConsumer({0: 40, 1: 40})
-    prefetcher = make(consumer, batch=4, depth=2)
-    stop_after(prefetcher)
-    done = take(prefetcher)
-    prefetcher.complete(done.offsets, committed=True)
-    failed = take(prefetcher)
+    intake = make(consumer, batch=4, depth=2)
+    stop_after(intake)
+    done = take(intake)
+    intake.complete(done.offsets, committed=True)
+    failed = take(intake)
     time.sleep(0.1)  # let more batches queue up behind it
-    prefetcher.rewind()
-    prefetcher.complete(failed.offsets, committed=False)
-    again = take(prefetcher)
+    intake.rewind()
+    intake.complete(failed.offsets, committed=False)
+    again = take(intake)
     assert offsets_of(again.messages)[0] == offsets_of(failed.messages)[0]
     for tp, first in failed.offsets.first.items():
         assert (tp[1], first) in consumer.seeks
-    assert consumer.threads == {"prefetch"}, "only the prefetch thread touches the consumer"
+    assert consumer.threads == {"intake"}, "only the intake thread touches the consumer"
 
 
 def test_a_revoke_waits_for_the_batches_handed_out_then_forgets_the_partition(
     stop_after: Any,
 ) -> None:
     consumer = FakeConsumer({0: 1000})
-    prefetcher = make(consumer, batch=4, depth=1, stall_s=0.05, revoke_grace_s=10.0)
-    stop_after(prefetcher)
-    in_progress = take(prefetcher)
+    intake = make(consumer, batch=4, depth=1, stall_s=0.05, revoke_grace_s=10.0)
+    stop_after(intake)
+    in_progress = take(intake)
     for _ in range(300):
-        if prefetcher.ready():
+        if intake.ready():
             break
         time.sleep(0.01)
     released: list[int] = []
 
-    def revoke() -> None:  # runs on the prefetch thread, inside consume()
-        released.append(prefetcher.release({(TOPIC, 0)}))
+    def revoke() -> None:  # runs on the intake thread, inside consume()
+        released.append(intake.release({(TOPIC, 0)}))
         del consumer.logs[0]  # the consumer no longer returns the partition
 
     consumer.during_consume = revoke  # the next consume(): while paused, the queue full
     time.sleep(0.3)
     assert not released, "the revoke must wait for the batch the worker holds"
-    prefetcher.complete(in_progress.offsets, committed=True)
-    queued = take(prefetcher)  # queued before the revoke: still ours to finish
+    intake.complete(in_progress.offsets, committed=True)
+    queued = take(intake)  # queued before the revoke: still ours to finish
     time.sleep(0.2)
     assert not released, "the revoke must wait for the queued batch too"
-    prefetcher.complete(queued.offsets, committed=True)
+    intake.complete(queued.offsets, committed=True)
     for _ in range(300):
         if released:
             break
         time.sleep(0.01)
     assert released, "the revoke completes once the worker has finished its batches"
-    assert prefetcher.next(0.3) is None, "nothing of the revoked partition is handed out"
+    assert intake.next(0.3) is None, "nothing of the revoked partition is handed out"
 
 
 def test_a_revoke_gives_up_waiting_after_its_grace_and_rewinds(stop_after: Any) -> None:
-    owned = {(TOPIC, 0), (TOPIC, 1)}
     consumer = FakeConsumer({0: 1000, 1: 1000})
-    prefetcher = make(consumer, batch=4, depth=1, revoke_grace_s=0.2, assigned=owned.__contains__)
-    stop_after(prefetcher)
-    stuck = take(prefetcher)  # never completed in time: alerts undeliverable, say
+    intake = make(consumer, batch=4, depth=1, revoke_grace_s=0.2)
+    stop_after(intake)
+    stuck = take(intake)  # never completed in time: alerts undeliverable, say
     done: list[bool] = []
 
     def revoke() -> None:
-        prefetcher.release({(TOPIC, 1)})
-        owned.discard((TOPIC, 1))
+        intake._on_revoke(consumer, [TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
         del consumer.logs[1]
         done.append(True)
 
@@ -253,8 +250,8 @@ def test_a_revoke_gives_up_waiting_after_its_grace_and_rewinds(stop_after: Any) 
             break
         time.sleep(0.01)
     assert done, "the revoke must not wait for ever"
-    prefetcher.complete(stuck.offsets, committed=False)  # the checkpoint gave it back
-    again = take(prefetcher)
+    intake.complete(stuck.offsets, committed=False)  # the checkpoint gave it back
+    again = take(intake)
     assert offsets_of(again.messages)[0] == offsets_of(stuck.messages)[0]
     assert all(p == 0 for p, _ in offsets_of(again.messages)), "partition 1 is gone"
 
@@ -263,20 +260,20 @@ def test_commits_are_sent_by_the_prefetch_thread_and_only_move_forward(stop_afte
     """Queued offsets are coalesced (one commit per interval, not per batch); a late,
     older offset of a partition never moves its commit back."""
     consumer = FakeConsumer({0: 8})
-    prefetcher = make(consumer, batch=4)
-    stop_after(prefetcher)
+    intake = make(consumer, batch=4)
+    stop_after(intake)
     for _ in range(2):
-        item = take(prefetcher)
-        prefetcher.commit(item.offsets.commit_list())
-        prefetcher.complete(item.offsets, committed=True)
-    prefetcher.commit([TopicPartition(TOPIC, 0, 6)])
+        item = take(intake)
+        intake.commit(item.offsets.commit_list())
+        intake.complete(item.offsets, committed=True)
+    intake.commit([TopicPartition(TOPIC, 0, 6)])
     for _ in range(300):
         if consumer.commits and consumer.commits[-1] == [(0, 8)]:
             break
         time.sleep(0.01)
     sent = [offset for commit in consumer.commits for _, offset in commit]
     assert sent[-1] == 8 and sent == sorted(sent)
-    assert consumer.threads == {"prefetch"}
+    assert consumer.threads == {"intake"}
 
 
 def test_an_error_on_the_thread_is_raised_by_next(stop_after: Any) -> None:
@@ -286,11 +283,11 @@ def test_an_error_on_the_thread_is_raised_by_next(stop_after: Any) -> None:
         raise RuntimeError("callback failed")
 
     consumer.during_consume = broken
-    prefetcher = make(consumer)
-    stop_after(prefetcher)
+    intake = make(consumer)
+    stop_after(intake)
     with pytest.raises(RuntimeError, match="callback failed"):
         for _ in range(50):
-            prefetcher.next(0.1)
+            intake.next(0.1)
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -304,18 +301,18 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 def test_the_next_batch_is_consumed_while_one_is_decoded_elsewhere(stop_after: Any) -> None:
     consumer = FakeConsumer({0: 12})
     decoder = HeldDecoder()
-    prefetcher = make(consumer, batch=4, decode=decoder)
-    stop_after(prefetcher)
+    intake = make(consumer, batch=4, decode=decoder)
+    stop_after(intake)
     wait_for(lambda: consumer.position[0] >= 8, "the next batch to be consumed")
     assert decoder.submitted == [[(0, i) for i in range(4)]], "one batch decodes at a time"
-    assert prefetcher.next(0.1) is None, "a batch is handed out only once decoded"
+    assert intake.next(0.1) is None, "a batch is handed out only once decoded"
     decoder.go.set()
     seen = []
     for _ in range(3):
-        item = take(prefetcher)
+        item = take(intake)
         assert item.decoded == offsets_of(item.messages)  # type: ignore[comparison-overlap]
         seen += offsets_of(item.messages)
-        prefetcher.complete(item.offsets, committed=True)
+        intake.complete(item.offsets, committed=True)
     assert seen == [(0, i) for i in range(12)], "decoded elsewhere, still in order"
 
 
@@ -324,24 +321,24 @@ def test_a_revoke_while_a_batch_decodes_lets_it_finish_and_commit_first(
 ) -> None:
     consumer = FakeConsumer({0: 4})  # one batch: the thread keeps consuming while it decodes
     decoder = HeldDecoder()
-    prefetcher = make(consumer, batch=4, depth=1, decode=decoder, revoke_grace_s=10.0)
-    stop_after(prefetcher)
+    intake = make(consumer, batch=4, depth=1, decode=decoder, revoke_grace_s=10.0)
+    stop_after(intake)
     wait_for(lambda: len(decoder.submitted) == 1, "a batch to be decoding")
     released: list[int] = []
 
     def revoke() -> None:  # inside consume(), while the batch decodes
-        released.append(prefetcher.release({(TOPIC, 0)}))
+        released.append(intake.release({(TOPIC, 0)}))
         del consumer.logs[0]
 
     consumer.during_consume = revoke
     wait_for(lambda: consumer.during_consume is None, "the revocation to start")
     decoder.go.set()
-    item = take(prefetcher)
+    item = take(intake)
     assert offsets_of(item.messages) == decoder.submitted[0]
     assert not released, "the revoke waits for the decoded batch to be processed"
-    prefetcher.complete(item.offsets, committed=True)
+    intake.complete(item.offsets, committed=True)
     wait_for(lambda: bool(released), "the revocation to return")
-    assert prefetcher.next(0.3) is None, "nothing of the revoked partition is handed out"
+    assert intake.next(0.3) is None, "nothing of the revoked partition is handed out"
 
 
 def test_with_two_decoders_two_batches_decode_at_once_and_arrive_in_order(
@@ -349,19 +346,19 @@ def test_with_two_decoders_two_batches_decode_at_once_and_arrive_in_order(
 ) -> None:
     consumer = FakeConsumer({0: 16})
     decoder = HeldDecoder()
-    prefetcher = make(consumer, batch=4, decode=decoder, in_flight=2)
-    stop_after(prefetcher)
+    intake = make(consumer, batch=4, decode=decoder, in_flight=2)
+    stop_after(intake)
     wait_for(lambda: consumer.position[0] >= 12, "a third batch to be consumed")
     assert decoder.submitted == [[(0, i) for i in range(j, j + 4)] for j in (0, 4)], (
         "two batches decode at once, and no more"
     )
-    assert prefetcher.next(0.1) is None, "a batch is handed out only once decoded"
+    assert intake.next(0.1) is None, "a batch is handed out only once decoded"
     decoder.go.set()
     seen = []
     for _ in range(4):
-        item = take(prefetcher)
+        item = take(intake)
         seen += offsets_of(item.messages)
-        prefetcher.complete(item.offsets, committed=True)
+        intake.complete(item.offsets, committed=True)
     assert seen == [(0, i) for i in range(16)], "in consumption order"
 
 
@@ -372,19 +369,111 @@ def test_a_rewind_drops_every_batch_being_decoded_and_seeks_before_the_first(
     batches = in_flight + 1  # the failed one, then as many as may decode at once
     consumer = FakeConsumer({0: 4 * batches})
     decoder = HeldDecoder(free=1)
-    prefetcher = make(consumer, batch=4, depth=2, decode=decoder, in_flight=in_flight)
-    stop_after(prefetcher)
-    failed = take(prefetcher)
+    intake = make(consumer, batch=4, depth=2, decode=decoder, in_flight=in_flight)
+    stop_after(intake)
+    failed = take(intake)
     wait_for(lambda: len(decoder.submitted) == batches, "the next batches to be decoding")
-    prefetcher.rewind()
-    prefetcher.complete(failed.offsets, committed=False)
+    intake.rewind()
+    intake.complete(failed.offsets, committed=False)
     decoder.go.set()
     seen = []
     for _ in range(batches):
-        item = take(prefetcher)
+        item = take(intake)
         seen += offsets_of(item.messages)
-        prefetcher.complete(item.offsets, committed=True)
+        intake.complete(item.offsets, committed=True)
     assert seen == [(0, i) for i in range(4 * batches)], (
         "everything again, from the rewound batch on"
     )
     assert consumer.seeks == [(0, 0)]
+
+
+def test_a_failed_commit_is_sent_again_only_for_partitions_still_assigned(
+    stop_after: Any,
+) -> None:
+    """The last batches before a pause have no later commit to cover a failed one: the
+    intake sends the latest offsets again, once per failure, for the partitions it still
+    owns; a revoke meanwhile drops the revoked partition's."""
+    consumer = FakeConsumer({0: 0, 1: 0})
+    intake = make(consumer, commit_interval_s=0.0)
+    stop_after(intake)
+    intake.commit([TopicPartition(TOPIC, 0, 10), TopicPartition(TOPIC, 1, 7)])
+    intake.commit([TopicPartition(TOPIC, 0, 25)])
+    wait_for(lambda: bool(consumer.commits) and consumer.commits[-1] == [(0, 25), (1, 7)], "sent")
+    sent = len(consumer.commits)
+    time.sleep(0.1)
+    assert len(consumer.commits) == sent, "nothing failed: nothing is sent again"
+
+    revoked = threading.Event()
+
+    def revoke() -> None:
+        intake._on_revoke(consumer, [TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
+        revoked.set()
+
+    consumer.during_consume = revoke
+    assert revoked.wait(5)
+    intake.on_commit(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS), [])
+    wait_for(lambda: consumer.commits[-1] == [(0, 25)], "the retry")
+    time.sleep(0.1)
+    assert consumer.commits.count([(0, 25)]) == 1, "sent again once per failure"
+
+
+def test_revokes_and_failed_commits_on_the_intake_thread_never_race_queued_commits(
+    stop_after: Any,
+) -> None:
+    """The checkpoint queues commits on the worker's thread while librdkafka's callbacks
+    (revoke, assign, commit outcome) change the same offsets on the intake's thread."""
+    partitions = list(range(64))
+    consumer = FakeConsumer({p: 0 for p in partitions})
+    intake = make(consumer, commit_interval_s=0.0)
+    stop_after(intake)
+    rounds = 0
+
+    def churn() -> None:
+        nonlocal rounds
+        rounds += 1
+        half = [TopicPartition(TOPIC, p) for p in partitions[rounds % 2 :: 2]]
+        intake._on_revoke(consumer, half)  # type: ignore[arg-type]
+        intake.on_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [])
+        intake._on_assign(consumer, half)  # type: ignore[arg-type]
+        consumer.during_consume = churn
+
+    consumer.during_consume = churn
+    deadline = time.monotonic() + 1.0
+    offset = 0
+    while time.monotonic() < deadline:
+        offset += 1
+        intake.commit([TopicPartition(TOPIC, p, offset) for p in partitions])
+    assert rounds > 10, "the callbacks must have run meanwhile"
+    assert intake.next(0.05) is None  # raises what broke the intake's thread, if anything
+    assert intake.alive
+
+
+def test_batches_committing_during_a_revoke_send_the_new_generations_metadata(
+    stop_after: Any,
+) -> None:
+    """A cooperative rebalance moves the group to a new generation before the revoke
+    callback; the batches the worker finishes meanwhile commit in a transaction, whose
+    offsets the broker refuses with the old generation's metadata (ILLEGAL_GENERATION)."""
+    consumer = FakeConsumer({0: 1000, 1: 1000})
+    generation = [1]
+    consumer.consumer_group_metadata = lambda: ("group", generation[0])  # type: ignore[method-assign]
+    intake = make(consumer, batch=4, depth=1, stall_s=0.05, track_group=True)
+    stop_after(intake)
+    in_flight = take(intake)
+    assert intake.group_metadata() == ("group", 1)
+    revoking = threading.Event()
+
+    def revoke() -> None:  # inside consume(), after the group moved on
+        generation[0] = 2
+        revoking.set()
+        intake._on_revoke(consumer, [TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
+
+    consumer.during_consume = revoke
+    assert revoking.wait(5)
+    time.sleep(0.1)  # the revoke now waits for the batch the worker holds
+    assert intake.is_assigned((TOPIC, 1)), "still ours until the worker's batches finish"
+    assert intake.group_metadata() == ("group", 2)
+    intake.complete(in_flight.offsets, committed=True)
+    while (queued := intake.next(0.05)) is not None:  # queued before the revoke: ours too
+        intake.complete(queued.offsets, committed=True)
+    wait_for(lambda: not intake.is_assigned((TOPIC, 1)), "the revoke to finish")

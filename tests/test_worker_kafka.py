@@ -16,6 +16,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 from fixtures_kafka import consume_messages, produce_messages
 from worker_harness import (
+    assigned_partitions,
     committed_offsets,
     json_record,
     metric_sum,
@@ -470,12 +471,14 @@ def test_two_workers_split_four_partitions_and_the_survivor_takes_over(
     with running_worker(cfg) as a, running_worker(cfg) as b:
         wait_until(lambda: a.summary.consumed + b.summary.consumed >= 400, 90, "first wave")
         wait_until(
-            lambda: len(a._assigned) == 2 and len(b._assigned) == 2, 60, "partitions split 2/2"
+            lambda: len(assigned_partitions(a)) == 2 and len(assigned_partitions(b)) == 2,
+            60,
+            "partitions split 2/2",
         )
         scored_first = a.summary.scored + b.summary.scored
         assert scored_first == 400, "each record scored exactly once without crashes"
         a.request_stop()
-        wait_until(lambda: len(b._assigned) == 4, 60, "survivor owns all partitions")
+        wait_until(lambda: len(assigned_partitions(b)) == 4, 60, "survivor owns all partitions")
         second = [
             (f"k{i}".encode(), json_record(f"y{i}", traffic["instances"][i % 200]))
             for i in range(400)

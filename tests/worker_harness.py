@@ -56,8 +56,11 @@ def worker_config(
 
 
 @contextmanager
-def running_worker(config: WorkerConfig) -> Iterator[Worker]:
-    """A worker in a background thread; stopped and joined on exit (failures re-raised)."""
+def running_worker(config: WorkerConfig, start_timeout: float = 60.0) -> Iterator[Worker]:
+    """A worker in a background thread; stopped and joined on exit (failures re-raised).
+
+    ``start_timeout`` bounds the wait for its metrics endpoint (the detector loads first).
+    """
     worker = Worker(config, handle_signals=False)
     errors: list[BaseException] = []
 
@@ -72,7 +75,9 @@ def running_worker(config: WorkerConfig) -> Iterator[Worker]:
     thread = threading.Thread(target=target, name="worker", daemon=True)
     thread.start()
     try:
-        wait_until(lambda: worker.metrics_port is not None or bool(errors), 60, "worker start")
+        wait_until(
+            lambda: worker.metrics_port is not None or bool(errors), start_timeout, "worker start"
+        )
         if errors:
             raise errors[0]
         yield worker
@@ -86,25 +91,28 @@ def running_worker(config: WorkerConfig) -> Iterator[Worker]:
 
 def state_of(worker: Worker) -> str:
     """What an in-process worker is doing, for the message of a test that timed out:
-    its group membership, the prefetch thread's bookkeeping and every thread's stack."""
+    its group membership, the intake's bookkeeping and every thread's stack."""
     crash = CRASHES.get(id(worker))
     lines = [f"crashed: {crash!r}" if crash is not None else "the worker's thread is running"]
-    lines.append(f"assigned (callbacks): {sorted(worker._assigned)}")
-    try:
-        lines.append(f"assignment (librdkafka): {worker.consumer.assignment()}")
-    except Exception as exc:  # closed, or busy
-        lines.append(f"assignment: unavailable ({exc})")
-    lines.append(f"unsettled batches: {len(worker._unsettled)}, summary: {worker.summary}")
-    p = worker.prefetcher
-    if p is not None:
+    intake = getattr(worker, "intake", None)
+    if intake is not None:
+        lines.append(f"assigned (callbacks): {sorted(intake.assignment())}")
+        try:
+            lines.append(f"assignment (librdkafka): {intake.consumer.assignment()}")
+        except Exception as exc:  # closed, or busy
+            lines.append(f"assignment: unavailable ({exc})")
         lines.append(
-            f"prefetch: paused={p._paused} epoch={p._epoch}/{p._seen_epoch} "
-            f"handed={p._handed} queued={len(p._queue)} carry={len(p._carry)} "
-            f"open={len(p.batcher)} pending={p._pending} commits={p._commits}"
+            f"intake: alive={intake.alive} paused={intake._paused} "
+            f"epoch={intake._epoch}/{intake._seen_epoch} handed={intake._handed} "
+            f"queued={len(intake._queue)} carry={len(intake._carry)} open={len(intake.batcher)} "
+            f"pending={intake._pending} commits={intake._commits}"
         )
+    settler = getattr(worker, "settler", None)
+    waiting = settler.waiting if settler is not None else 0
+    lines.append(f"batches waiting for their commit: {waiting}, summary: {worker.summary}")
     names = {t.ident: t.name for t in threading.enumerate()}
     for ident, frame in sys._current_frames().items():
-        if names.get(ident) in ("worker", "prefetch"):
+        if names.get(ident) in ("worker", "intake"):
             stack = "".join(traceback.format_stack(frame)[-6:])
             lines.append(f"thread {names[ident]}:\n{stack}")
     return "\n".join(lines)
@@ -182,3 +190,15 @@ def stop_process(
             f"worker ignored signal {sig} for {timeout}s:\n{out.decode()[-3000:]}"
         ) from None
     return proc.returncode, out.decode(errors="replace")
+
+
+def assigned_partitions(worker: Worker) -> set[tuple[str, int]]:
+    """The partitions an in-process worker owns (none while it is still starting)."""
+    intake = getattr(worker, "intake", None)
+    return intake.assignment() if intake is not None else set()
+
+
+def joined(worker: Worker) -> bool:
+    """Whether an in-process worker has joined its group (its assignment may be empty)."""
+    intake = getattr(worker, "intake", None)
+    return intake is not None and intake.joined

@@ -165,22 +165,29 @@ class KafkaStatsCollector(Collector):
     def describe(self) -> Iterable[Metric]:
         return self._families().all()
 
+    def lag(self) -> dict[tuple[str, str], int]:
+        """Consumer lag per (topic, partition), the largest any client reports."""
+        with self._lock:
+            clients = list(self._clients.values())
+        lag: dict[tuple[str, str], int] = {}
+        for snap in clients:
+            for key, value in snap.lag.items():
+                lag[key] = max(value, lag.get(key, 0))
+        return lag
+
     def collect(self) -> Iterator[Metric]:
         fam = self._families()
         with self._lock:
             clients = dict(self._clients)
-        lag: dict[tuple[str, str], int] = {}
         rebalances = 0
         for client, snap in sorted(clients.items()):
             fam.time.add_metric([client], snap.time)
-            for key, value in snap.lag.items():
-                lag[key] = max(value, lag.get(key, 0))
             for broker, state in sorted(snap.brokers.items()):
                 fam.up.add_metric([client, broker], 1.0 if state.up else 0.0)
                 fam.connects.add_metric([client, broker], state.connects)
                 fam.disconnects.add_metric([client, broker], state.disconnects)
             rebalances += snap.rebalances or 0
-        for (topic, partition), value in sorted(lag.items()):
+        for (topic, partition), value in sorted(self.lag().items()):
             fam.lag.add_metric([topic, partition], value)
         if any(s.rebalances is not None for s in clients.values()):
             fam.rebalances.add_metric([], rebalances)

@@ -401,6 +401,10 @@ class WorkerMetrics:
         """Feed librdkafka's ``stats_cb`` string; never raises (see KafkaStatsCollector)."""
         self._kafka.update(stats_json)
 
+    def consumer_lag_total(self) -> int:
+        """Records behind, summed over the partitions (from the latest statistics)."""
+        return sum(v for v in self._kafka.lag().values() if v > 0)
+
     def broker_error(self, code: str) -> None:
         """Count an ``error_cb`` error by its code name, e.g. "_TRANSPORT"."""
         self._broker_errors.labels(*self._codes.get((code,))).inc()

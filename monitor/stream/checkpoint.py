@@ -27,51 +27,22 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import (
-    Consumer,
     KafkaError,
     KafkaException,
-    Message,
     Producer,
     TopicPartition,
 )
 
 from monitor.errors import DeliveryError, FencedError
+from monitor.stream.offsets import TP, BatchOffsets
 from monitor.stream.publisher import Outgoing, Publisher, describe
 
 log = logging.getLogger(__name__)
-
-TP = tuple[str, int]
-
-
-@dataclass
-class BatchOffsets:
-    """First offset and next offset (last + 1) of every partition in one batch."""
-
-    first: dict[TP, int] = field(default_factory=dict)
-    next: dict[TP, int] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, messages: Sequence[Message]) -> BatchOffsets:
-        first: dict[TP, int] = {}
-        nxt: dict[TP, int] = {}
-        for m in messages:
-            tp = (m.topic() or "", m.partition() or 0)
-            off = m.offset() or 0
-            if tp not in first:
-                first[tp] = off
-            nxt[tp] = off + 1
-        return cls(first, nxt)
-
-    def commit_list(self, keep: Callable[[TP], bool] = lambda _tp: True) -> list[TopicPartition]:
-        return [TopicPartition(t, p, o) for (t, p), o in self.next.items() if keep((t, p))]
-
-    def rewind_list(self, keep: Callable[[TP], bool] = lambda _tp: True) -> list[TopicPartition]:
-        return [TopicPartition(t, p, o) for (t, p), o in self.first.items() if keep((t, p))]
 
 
 class CheckpointMetrics(Protocol):
@@ -81,25 +52,26 @@ class CheckpointMetrics(Protocol):
     def transaction(self, outcome: str) -> None: ...
 
 
-class ConsumerHost(Protocol):
-    """What a checkpoint needs from the worker while it waits."""
-
-    consumer: Consumer
+class IntakeLink(Protocol):
+    """What a checkpoint needs from the consumer's owner (``intake.Intake``)."""
 
     def serve_group(self, seconds: float) -> None:
-        """Keep the group membership alive for ``seconds`` without taking new records."""
+        """Wait ``seconds`` while the group membership is kept alive."""
 
     def is_assigned(self, tp: TP) -> bool: ...
 
-    def stopping_past_deadline(self) -> bool: ...
+    def rewind(self) -> None:
+        """Process again every batch not committed yet."""
 
-    def rewind(self, offsets: BatchOffsets) -> None: ...
-
-    def commit_offsets(self, offsets: list[TopicPartition]) -> None:
-        """Commit consumer offsets asynchronously; may raise ``KafkaException``."""
+    def commit(self, offsets: list[TopicPartition]) -> None:
+        """Commit consumer offsets asynchronously."""
 
     def group_metadata(self) -> Any:
         """The consumer's group metadata, for ``send_offsets_to_transaction``."""
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass
@@ -118,20 +90,34 @@ class Backoff:
         return self._next
 
 
+#: At-least-once: batches scored and published while earlier batches' outputs await
+#: acknowledgement (each commits once its outputs are acknowledged). It bounds the
+#: outputs in flight, and the records a crash makes the next owner re-process.
+MAX_UNACKED_BATCHES = 4
+
+
 class AtLeastOnceCheckpoint:
-    """Commit a batch's offsets only after all it produced is acknowledged."""
+    """Commit a batch's offsets only after all it produced is acknowledged.
+
+    Batches need not wait for each other: the next one is processed while earlier ones'
+    outputs are on their way (up to ``MAX_UNACKED_BATCHES``), and each commits, in order,
+    once its outputs are acknowledged (``commit_acknowledged``).
+    """
 
     exactly_once = False
+    commits_acknowledged = True
 
     def __init__(
         self,
-        host: ConsumerHost,
+        intake: IntakeLink,
         publisher: Publisher,
         metrics: CheckpointMetrics,
         flush_timeout: float = 30.0,
         make_producer: Callable[[], Producer] | None = None,
+        stopping: Callable[[], bool] = _never,
     ) -> None:
-        self.host = host
+        self.intake = intake
+        self.stopping = stopping
         self.publisher = publisher
         self.metrics = metrics
         self.flush_timeout = flush_timeout
@@ -142,6 +128,16 @@ class AtLeastOnceCheckpoint:
 
     def begin(self, offsets: BatchOffsets) -> None:
         """Nothing to open in this mode."""
+
+    def may_extend(self, waiting: int, next_ready: bool, age_s: float) -> bool:
+        """Go on to the next batch before committing the ``waiting`` ones? Yes while
+        fewer than ``MAX_UNACKED_BATCHES`` wait (and the producer is not broken: it is
+        replaced at the next commit, so it is fed no more batches)."""
+        return waiting < MAX_UNACKED_BATCHES and self.broken is None
+
+    def full(self, waiting: int) -> bool:
+        """Every allowed batch waits: make room by committing the oldest."""
+        return waiting >= MAX_UNACKED_BATCHES and self.broken is None
 
     def producer_failed(self, err: KafkaError) -> None:
         """The producer reported a fatal error (its ``error_cb``): the next commit
@@ -189,14 +185,12 @@ class AtLeastOnceCheckpoint:
                 break
             if failed:
                 self.metrics.alert_publish_failed(len(failed))
-            if self.host.stopping_past_deadline() or not all(
-                self.host.is_assigned(tp) for tp in offsets.next
-            ):
+            if self.stopping() or not all(self.intake.is_assigned(tp) for tp in offsets.next):
                 log.warning(
                     "batch not delivered and %s: rewinding it for re-processing",
-                    "shutting down" if self.host.stopping_past_deadline() else "partitions revoked",
+                    "shutting down" if self.stopping() else "partitions revoked",
                 )
-                self.host.rewind(offsets)
+                self.intake.rewind()
                 return False
             delay = self.backoff.next_delay()
             log.warning(
@@ -204,7 +198,7 @@ class AtLeastOnceCheckpoint:
                 len(failed),
                 delay,
             )
-            self.host.serve_group(delay)
+            self.intake.serve_group(delay)
             for out in failed:
                 self.publish(out)
             failed = [] if self.broken else self._flush()
@@ -230,22 +224,15 @@ class AtLeastOnceCheckpoint:
         with contextlib.suppress(KafkaException):  # what it still holds is produced again
             old.purge()
         self.metrics.commit_failed()
-        self.host.rewind(offsets)
+        self.intake.rewind()
 
     def commit_acknowledged(self, offsets: BatchOffsets) -> bool:
         """Step 3 alone, for batches whose outputs are all acknowledged already."""
         # Commit offset + 1 for every partition still ours, without waiting for the
         # broker's answer (a round trip per batch); the consumer's on_commit counts it.
-        to_commit = offsets.commit_list(self.host.is_assigned)
-        if not to_commit:
-            return True
-        try:
-            self.host.commit_offsets(to_commit)
-        except KafkaException as exc:
-            # The group moved on (rebalance, fenced member): the new owner re-processes
-            # from the last committed offset, so nothing is lost.
-            self.metrics.commit_failed()
-            log.warning("offset commit failed: %s", describe(exc.args[0] if exc.args else exc))
+        to_commit = offsets.commit_list(self.intake.is_assigned)
+        if to_commit:
+            self.intake.commit(to_commit)
         return True
 
 
@@ -274,16 +261,21 @@ class TransactionalCheckpoint:
     """
 
     exactly_once = True
+    commits_acknowledged = False
 
     def __init__(
         self,
-        host: ConsumerHost,
+        intake: IntakeLink,
         publisher: Publisher,
         metrics: CheckpointMetrics,
         timeout: float = 30.0,
         make_producer: Callable[[], Producer] | None = None,
+        stopping: Callable[[], bool] = _never,
+        transaction_s: float = 0.1,
     ) -> None:
-        self.host = host
+        self.intake = intake
+        self.stopping = stopping
+        self.transaction_s = transaction_s
         self.publisher = publisher
         self.metrics = metrics
         self.timeout = timeout
@@ -296,6 +288,20 @@ class TransactionalCheckpoint:
     def init(self) -> None:
         """Register the transactional id, fencing any older instance with the same id."""
         self._call(lambda: self.publisher.producer.init_transactions(self.timeout), "init")
+
+    def may_extend(self, waiting: int, next_ready: bool, age_s: float) -> bool:
+        """Let the next batch join the open transaction? When it is already waiting and
+        the transaction is younger than ``transaction_s``: under a backlog, fewer and
+        larger transactions (each costs several round trips to the broker); with nothing
+        waiting it commits at once, so a trickle's alerts are not held back."""
+        return next_ready and age_s < self.transaction_s
+
+    def full(self, waiting: int) -> bool:
+        return False
+
+    def commit_acknowledged(self, offsets: BatchOffsets) -> bool:
+        """A transaction commits outputs and offsets together: the same as ``commit``."""
+        return self.commit(offsets)
 
     def begin(self, offsets: BatchOffsets) -> None:
         """Open a transaction, unless one is open: then the batch joins it."""
@@ -338,10 +344,10 @@ class TransactionalCheckpoint:
         # Step 1: a batch that cannot commit whole is aborted and processed again.
         if self._refused is not None:
             return self._abort_batch(self._refused, offsets)
-        if not all(self.host.is_assigned(tp) for tp in offsets.next):
+        if not all(self.intake.is_assigned(tp) for tp in offsets.next):
             return self._abort_batch("partitions revoked during the batch", offsets)
         # Step 2: the input offsets join the transaction.
-        metadata = self.host.group_metadata()
+        metadata = self.intake.group_metadata()
         try:
             err = self._retrying(
                 lambda: self._send_offsets(producer, offsets.commit_list(), metadata),
@@ -385,7 +391,7 @@ class TransactionalCheckpoint:
         self.publisher.take_delivered()  # acknowledged, but aborted: not published
         self.metrics.transaction("aborted")
         if offsets is not None:
-            self.host.rewind(offsets)
+            self.intake.rewind()
 
     def _send_offsets(
         self, producer: Producer, positions: list[TopicPartition], metadata: object
@@ -418,13 +424,13 @@ class TransactionalCheckpoint:
         self.metrics.commit_failed()
         self.metrics.transaction("aborted")
         if offsets is not None:
-            self.host.rewind(offsets)
+            self.intake.rewind()
 
     def _abort_batch(self, why: KafkaError | str, offsets: BatchOffsets) -> bool:
         self.metrics.commit_failed()
         log.warning("transaction aborted (%s); the batch will be processed again", describe(why))
         self.abort(offsets)
-        self.host.serve_group(self.backoff.next_delay())
+        self.intake.serve_group(self.backoff.next_delay())
         return False
 
     def _retrying(
@@ -446,14 +452,14 @@ class TransactionalCheckpoint:
                 err = _error_of(exc)
                 if err.txn_requires_abort() or not err.retriable():
                     return err
-                if self.host.stopping_past_deadline():
+                if self.stopping():
                     return err
                 timeouts = timeouts + 1 if err.code() == KafkaError._TIMED_OUT else 0
                 if stuck_after_timeouts is not None and timeouts >= stuck_after_timeouts:
                     raise _StuckProducer from None
                 delay = backoff.next_delay()
                 log.warning("transaction %s: %s; retrying in %.1fs", what, describe(err), delay)
-                self.host.serve_group(delay)
+                self.intake.serve_group(delay)
 
     def _call(self, fn: Callable[[], None], what: str) -> None:
         deadline = time.monotonic() + 5 * self.timeout
