@@ -156,18 +156,11 @@ OPTIONS: tuple[Option, ...] = (
         minimum=0,
     ),
     Option(
-        "prefetch",
-        bool,
-        True,
-        "Consume and decode the next batches on a second thread while one is scored and "
-        "committed (uses a second core; --no-prefetch: one thread does everything in turn).",
-    ),
-    Option(
         "decode_processes",
         int,
         2,
-        "With --prefetch, decode records in this many child processes, batches taking turns "
-        "(0: on the prefetch thread). Decoding is Python work: in their own interpreters the "
+        "Decode records in this many child processes, batches taking turns "
+        "(0: on the intake thread, which consumes the next batches while one is scored). Decoding is Python work: in their own interpreters the "
         "children run beside scoring instead of taking turns on the GIL, and with two, one "
         "decodes while the other hands its batch back.",
         minimum=0,
@@ -186,7 +179,7 @@ OPTIONS: tuple[Option, ...] = (
         "transaction_ms",
         int,
         100,
-        "Exactly-once with --prefetch: while more batches are already waiting, they join the "
+        "Exactly-once: while more batches are already waiting, they join the "
         "open transaction for up to this many milliseconds (fewer, larger transactions; with "
         "nothing waiting it commits at once; 0 = one transaction per batch).",
         minimum=0,
@@ -335,7 +328,6 @@ class WorkerConfig:
     max_batch_size: int = 2048
     max_batch_bytes: int = 16 * 1024 * 1024
     max_batch_wait_ms: int = 100
-    prefetch: bool = True
     decode_processes: int = 2
     tf_threads: int = 0
     transaction_ms: int = 100

@@ -256,7 +256,7 @@ def test_a_revoke_gives_up_waiting_after_its_grace_and_rewinds(stop_after: Any) 
     assert all(p == 0 for p, _ in offsets_of(again.messages)), "partition 1 is gone"
 
 
-def test_commits_are_sent_by_the_prefetch_thread_and_only_move_forward(stop_after: Any) -> None:
+def test_commits_are_sent_by_the_intake_thread_and_only_move_forward(stop_after: Any) -> None:
     """Queued offsets are coalesced (one commit per interval, not per batch); a late,
     older offset of a partition never moves its commit back."""
     consumer = FakeConsumer({0: 8})

@@ -69,7 +69,7 @@ def test_a_failed_delivery_counts_as_answered_and_is_reported() -> None:
 
 
 def test_producing_does_not_poll_per_message() -> None:
-    """Polling after every message handed the GIL to the prefetch thread each time."""
+    """Polling after every message handed the GIL to the intake thread each time."""
     producer = FakeProducer()
     publisher = Publisher(producer)  # type: ignore[arg-type]
     for n in range(50):

@@ -277,7 +277,7 @@ class ModelDistillation:
 
         Concrete (not polymorphic) functions skip the per-call signature binding; one call
         per batch means one release of the GIL per batch, which matters when another
-        thread (the worker's prefetch) is waiting to run Python.
+        thread (the worker's intake) is waiting to run Python.
         """
         if self._classes is None:
             score_x, score_y, _ = self._functions()

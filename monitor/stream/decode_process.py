@@ -3,7 +3,7 @@
 Decoding is Python work (about 3.6 µs a record) and so is what the worker's thread does
 around TensorFlow (alerts, metrics, commits): on one interpreter they take turns on the
 GIL, however many cores there are. A child process has its own interpreter. The
-prefetch thread sends it each batch's values and headers and waits, which releases the
+intake thread sends it each batch's values and headers and waits, which releases the
 GIL for the worker's thread, and gets back the ``DecodedBatch``.
 
 The socket pair carries pickles (``multiprocessing.connection.Connection``), but only between this process

@@ -147,7 +147,7 @@ class Publisher:
         """Queue one message; waits for room when librdkafka's queue is full.
 
         Delivery callbacks run in ``poll``/``flush``, once per batch: polling after every
-        message released the GIL each time, and getting it back from the prefetch
+        message released the GIL each time, and getting it back from the intake
         thread could take a whole switch interval.
         """
         limit = self.limits.of(out.topic)
