@@ -10,7 +10,7 @@ once per batch, vectorised, and a bad row dead-letters its whole message.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -148,6 +148,7 @@ class RecordDecoder:
         self._plan = JsonPlan(spec)
         self._max_bytes = spec.max_message_bytes
         self._parser = simdjson.Parser()
+        self._fast = _fast_json(self)
 
     # -- one message -----------------------------------------------------------------
     def _rows(self, raw: bytes | None) -> Rows | None:
@@ -237,28 +238,11 @@ class RecordDecoder:
         skip = {d.index for d in unreadable}
         ignored: list[tuple[int, str]] = []
         labels: list[ModelLabels | None] = [None] * len(values)
-        plan = self._plan
-        hot = self.fmt in (RecordFormat.JSON, RecordFormat.AUTO)
-        flat, shape0, n_classes, size = plan.flat, plan.shape0, plan.n_classes, plan.size
-        expected, max_bytes = skeleton(plan.shape), self._max_bytes
-        brackets, unit_rows = expected.count(b"["), plan.shape[-1] == 1
-        doc: Any = None
-        inst: Any = None
-        out: Any = None
-        parse = self._parser.parse
+        fast = self._fast if self.fmt in (RecordFormat.JSON, RecordFormat.AUTO) else None
         for index, raw in enumerate(values):
             if headers is not None and (head := headers[index]):
                 try:
-                    # Headers count against the size limit too, before anything reads them.
-                    if is_unreadable(head):
-                        reject(Reason.NOT_UTF8, UNREADABLE_HEADERS)
-                    size = len(raw or b"") + header_bytes(head)
-                    if size > max_bytes:
-                        reject(
-                            Reason.TOO_LARGE,
-                            f"{size} bytes with its headers, the limit is {max_bytes}",
-                        )
-                    labels[index], response = decoder_facts(head)
+                    labels[index], response = self._header_facts(raw, head)
                 except Exception as exc:
                     dead.append(DeadLetter(index, *_failure(exc)))
                     continue
@@ -267,73 +251,14 @@ class RecordDecoder:
                     continue
             if skip and index in skip:
                 continue
-            # The common case, inlined (a method call per message cost ~8%): a json
-            # record whose nesting the raw text proves without looking at the numbers
-            # (the proofs are explained in formats.json_rows). Anything else, or odd,
-            # takes the general path, which also says what is wrong. The parser's proxies
-            # must be dropped before the next parse, hence the ``= None``.
-            if hot:
-                x = y = None
-                try:
-                    if raw and len(raw) <= max_bytes:
-                        doc = parse(raw)
-                        if type(doc) is simdjson.Object:
-                            keys = list(doc.keys())
-                            if (
-                                "instance" in keys
-                                and len(set(keys)) == len(keys)
-                                and _NO_LABELS(keys)
-                                and type(inst := doc["instance"]) is Array
-                                and len(inst) == shape0
-                            ):
-                                has_out = "output" in keys
-                                if has_out:
-                                    out = doc["output"]
-                                    usable = type(out) is Array and len(out) == n_classes
-                                else:
-                                    usable = True
-                                if not usable:
-                                    pass
-                                elif flat:
-                                    second = raw.find(b"[", raw.find(b"[") + 1)
-                                    if (
-                                        second < 0
-                                        or (has_out and raw.find(b"[", second + 1) < 0)
-                                        or (
-                                            flat_value(raw, b'"instance"')
-                                            and (not has_out or flat_value(raw, b'"output"'))
-                                        )
-                                    ):
-                                        x = inst.as_buffer(of_type="d")
-                                elif type(inst[0]) is Array:
-                                    bare = raw.translate(None, NUMBER_AND_SPACE)
-                                    if (
-                                        bare.count(b"[") == brackets + has_out
-                                        and bare.startswith(expected, bare.find(b"[["))
-                                    ) or (
-                                        (start := array_start(raw, b'"instance"')) >= 0
-                                        and skeleton_at(raw, start, expected)
-                                        and (not has_out or flat_value(raw, b'"output"'))
-                                    ):
-                                        x = inst.as_buffer(of_type="d")
-                                        # [] and [5] share a skeleton, [,] and [1,2] don't
-                                        if unit_rows and count_of(x) != size:
-                                            x = None
-                                if x is not None and has_out:
-                                    y = out.as_buffer(of_type="d")
-                except Exception:
-                    x = None
-                    parse = self._parser.parse  # _rows may have replaced a stuck parser
-                doc = inst = out = None
-                if x is not None:
-                    found.append((1, x, y, None))
-                    sources.append(index)
-                    continue
+            if fast is not None and (rows := fast(raw)) is not None:
+                found.append(rows)
+                sources.append(index)
+                continue
             try:
                 rows = self._rows(raw)
             except Exception as exc:  # every failure of one message is that message's own
                 dead.append(DeadLetter(index, *_failure(exc)))
-                parse = self._parser.parse  # _rows may have replaced a stuck parser
                 continue
             if rows is None:
                 ignored.append((index, "response"))
@@ -345,6 +270,18 @@ class RecordDecoder:
         if unreadable:
             dead.sort(key=lambda d: d.index)
         return self._assemble(found, sources, dead, ignored, labels)
+
+    def _header_facts(self, raw: bytes | None, head: Headers) -> tuple[ModelLabels | None, bool]:
+        """(model labels, is a response) from a message's headers, which count against
+        the size limit too, before anything reads them."""
+        if is_unreadable(head):
+            reject(Reason.NOT_UTF8, UNREADABLE_HEADERS)
+        size = len(raw or b"") + header_bytes(head)
+        if size > self._max_bytes:
+            reject(
+                Reason.TOO_LARGE, f"{size} bytes with its headers, the limit is {self._max_bytes}"
+            )
+        return decoder_facts(head)
 
     def _assemble(
         self,
@@ -451,6 +388,78 @@ class RecordDecoder:
                 start += n
         with np.errstate(over="ignore", invalid="ignore"):
             return has_output, flat.astype(np.float32).reshape(n_rows, n_classes)
+
+
+def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Rows | None]:
+    """The common case, ``raw -> rows`` or None: a json record whose nesting the raw
+    text proves without looking at the numbers (the proofs are explained in
+    ``formats.json_rows``). Anything else, or odd, returns None and takes the general
+    path, which also says what is wrong. A closure over the plan's facts: attribute
+    look-ups per message cost more than the call. The parser's proxies must be dropped
+    before the next parse, hence the ``= None``.
+    """
+    plan = decoder._plan
+    flat, shape0, n_classes, size = plan.flat, plan.shape0, plan.n_classes, plan.size
+    expected, max_bytes = skeleton(plan.shape), decoder._max_bytes
+    brackets, unit_rows = expected.count(b"["), plan.shape[-1] == 1
+
+    def proven_flat(raw: bytes, has_out: bool) -> bool:
+        second = raw.find(b"[", raw.find(b"[") + 1)
+        return (
+            second < 0
+            or (has_out and raw.find(b"[", second + 1) < 0)
+            or (flat_value(raw, b'"instance"') and (not has_out or flat_value(raw, b'"output"')))
+        )
+
+    def proven_nested(raw: bytes, has_out: bool) -> bool:
+        bare = raw.translate(None, NUMBER_AND_SPACE)
+        if bare.count(b"[") == brackets + has_out and bare.startswith(expected, bare.find(b"[[")):
+            return True
+        start = array_start(raw, b'"instance"')
+        return (
+            start >= 0
+            and skeleton_at(raw, start, expected)
+            and (not has_out or flat_value(raw, b'"output"'))
+        )
+
+    def rows(raw: bytes | None) -> Rows | None:
+        if not raw or len(raw) > max_bytes:
+            return None
+        doc: Any = None
+        inst: Any = None
+        out: Any = None
+        try:
+            doc = decoder._parser.parse(raw)
+            if type(doc) is not simdjson.Object:
+                return None
+            keys = list(doc.keys())
+            if "instance" not in keys or len(set(keys)) != len(keys) or not _NO_LABELS(keys):
+                return None
+            inst = doc["instance"]
+            if type(inst) is not Array or len(inst) != shape0:
+                return None
+            has_out = "output" in keys
+            out = doc["output"] if has_out else None
+            if has_out and (type(out) is not Array or len(out) != n_classes):
+                return None
+            if not (proven_flat(raw, has_out) if flat else _nested_first(inst)):
+                return None
+            if not flat and not proven_nested(raw, has_out):
+                return None
+            x = inst.as_buffer(of_type="d")
+            if unit_rows and not flat and count_of(x) != size:
+                return None  # [] and [5] share a skeleton, [,] and [1,2] don't
+            return 1, x, out.as_buffer(of_type="d") if has_out else None, None
+        except Exception:  # the general path says what is wrong (with a fresh parser)
+            return None
+        finally:
+            doc = inst = out = None
+
+    return rows
+
+
+def _nested_first(inst: Any) -> bool:
+    return type(inst[0]) is Array
 
 
 def _failure(exc: Exception) -> tuple[Reason, str]:
