@@ -134,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_classes=settings["n_classes"],
         max_message_bytes=settings["max_message_bytes"],
         max_rows=settings["max_rows"],
+        max_context_bytes=settings["max_context_bytes"],
     )
     _serve(Connection(fd), spec, RecordFormat(settings["format"]))
     return 0
@@ -215,6 +216,7 @@ class DecodeProcess:
             "n_classes": self.spec.n_classes,
             "max_message_bytes": self.spec.max_message_bytes,
             "max_rows": self.spec.max_rows,
+            "max_context_bytes": self.spec.max_context_bytes,
             "format": self.fmt.value,
         }
         # The child imports this very package, wherever it came from (a checkout, a

@@ -90,6 +90,8 @@ class InputSpec:
     #: Rows one message may hold: each flagged row becomes an alert, so one message must
     #: not turn into an unbounded number of them.
     max_rows: int = 1024
+    #: Context fields copied into an alert, in bytes of JSON.
+    max_context_bytes: int = 2048
 
     def __post_init__(self) -> None:
         shape = tuple(_integer(d, "input shape") for d in self.shape)
@@ -111,6 +113,10 @@ class InputSpec:
         object.__setattr__(self, "n_classes", n_classes)
         object.__setattr__(self, "max_message_bytes", max_bytes)
         object.__setattr__(self, "max_rows", max_rows)
+        context = _integer(self.max_context_bytes, "max_context_bytes")
+        if context < 0:
+            raise ConfigError(f"max_context_bytes must not be negative, got {context}")
+        object.__setattr__(self, "max_context_bytes", context)
 
     @property
     def size(self) -> int:

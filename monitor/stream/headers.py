@@ -196,6 +196,14 @@ def read_headers(headers: Headers | None) -> HeaderInfo | None:
     )
 
 
+def header_id(headers: Headers) -> str | None:
+    """The event id (``ce_id``), else the request id, of a message's headers."""
+    info = read_headers(headers)
+    if info is None:
+        return None
+    return info.event_id or info.request_id
+
+
 # What the decoder needs per message, keyed by the bounded text of the label and type
 # headers: a topic's messages mostly repeat them, so the labels are made once.
 _FACTS_CACHE: dict[tuple[tuple[str, str], ...], tuple[ModelLabels | None, bool]] = {}

@@ -1,8 +1,9 @@
 """A processed batch's outgoing messages: alerts and dead letters (pure, no Kafka client).
 
-The worker publishes what these return; payload layouts live in ``alerts``. A message
-with several flagged rows is read once for all of them (``message_identity``), and keys
-are bounded (``shorten.bounded_key``) so an alert never repeats an attacker-sized key.
+The worker publishes what these return; payload layouts live in ``alerts``. Alerts are
+made from what the decoder read of each message (``DecodedBatch.ids``, ``contexts``,
+``model_labels``), so no message is parsed twice, and keys are bounded
+(``shorten.bounded_key``) so an alert never repeats an attacker-sized key.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from monitor.stream.alerts import Outgoing, alert_payload, dead_letter_headers
-from monitor.stream.records import DecodedBatch, MessageIdentity, RecordFormat, message_identity
+from monitor.stream.records import DecodedBatch
 from monitor.stream.scoring import BatchScores
 from monitor.stream.shorten import bounded_key
 
@@ -38,38 +39,41 @@ def dead_letter(message: Message, reason: str, detail: str, topic: str) -> Outgo
 
 
 def alerts(
-    messages: Sequence[Message],
-    decoded: DecodedBatch,
-    scores: BatchScores,
-    fmt: RecordFormat,
-    topic: str,
-    max_context_bytes: int,
+    messages: Sequence[Message], decoded: DecodedBatch, scores: BatchScores, topic: str
 ) -> list[Outgoing]:
-    """One alert per flagged row, in row order."""
-    identities: dict[int, MessageIdentity] = {}
+    """One alert per flagged row, in row order, from what the decoder read of each
+    message (id, context, model): nothing is parsed again."""
+    flagged = np.flatnonzero(scores.flagged)
+    if not flagged.size:
+        return []
+    per_message = np.bincount(decoded.row_message, minlength=len(messages))
     out: list[Outgoing] = []
-    for row in np.flatnonzero(scores.flagged).tolist():
+    for row in flagged.tolist():
         index = int(decoded.row_message[row])
         message = messages[index]
-        known = identities.get(index)
-        if known is None:
-            known = identities[index] = message_identity(message, fmt, max_context_bytes)
         row_in_message = int(decoded.row_in_message[row])
-        ident = known.row(row_in_message)
+        base = decoded.ids[index] if index < len(decoded.ids) else None
+        if base is None:
+            base = f"{message.topic()}/{message.partition()}/{message.offset()}"
+        record_id = f"{base}#{row_in_message}" if per_message[index] > 1 else base
+        labels = decoded.model_labels[index] if index < len(decoded.model_labels) else None
+        ts_type, ts = message.timestamp()
         payload = alert_payload(
-            record_id=ident.id,
+            record_id=record_id,
             score=float(scores.scores[row]),
             detector=scores.detector,
             classifier_class=int(scores.classifier_class[row]),
             distilled_class=int(scores.distilled_class[row]),
-            source_topic=ident.topic,
-            source_partition=ident.partition,
-            source_offset=ident.offset,
-            source_timestamp_ms=ident.timestamp_ms,
+            source_topic=message.topic(),
+            source_partition=message.partition(),
+            source_offset=message.offset(),
+            source_timestamp_ms=ts if ts_type else None,
             row=row_in_message,
-            context=ident.context,
-            model=ident.model.as_dict() if ident.model is not None else None,
+            context=decoded.contexts.get(index, {}),
+            model=labels.as_dict() if labels is not None else None,
         )
-        key = bounded_key(ident.key) if ident.key is not None else ident.id.encode()
-        out.append(Outgoing(topic, payload, key, None, "alert"))
+        key = message.key()
+        out.append(
+            Outgoing(topic, payload, bounded_key(key) if key else record_id.encode(), None, "alert")
+        )
     return out

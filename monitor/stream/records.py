@@ -46,6 +46,7 @@ from monitor.stream.headers import (
     ModelLabels,
     decoder_facts,
     header_bytes,
+    header_id,
     is_unreadable,
     labels_of,
     merge_labels,
@@ -79,12 +80,17 @@ UNREADABLE_HEADERS = "its headers cannot be read (a header name that is not UTF-
 #: Context fields kept per alert, in bytes of JSON.
 MAX_CONTEXT_BYTES = 2048
 
+#: One message decoded: its rows, its body's id and its context fields.
+Found = tuple[Rows, "str | None", "dict[str, Any] | None"]
+
 _FIELDS_OF = {
     RecordFormat.JSON: frozenset(["id", "instance", "output"]),
     RecordFormat.V2: frozenset(["id", "inputs", "outputs"]),
     RecordFormat.V1: frozenset(["id", "instances", "predictions"]),
     RecordFormat.SELDON: frozenset(["id", "data"]),
 }
+
+_JSON_FIELDS = _FIELDS_OF[RecordFormat.JSON]
 
 
 class MessageLike(Protocol):
@@ -132,6 +138,12 @@ class DecodedBatch:
     dead: list[DeadLetter] = field(default_factory=list)
     ignored: list[tuple[int, str]] = field(default_factory=list)
     model_labels: list[ModelLabels | None] = field(default_factory=list)
+    #: Per message: its id (the body's ``id``, else the event or request id of its
+    #: headers; None: none, so ``topic/partition/offset``), read while decoding so the
+    #: alerts need not parse the message again.
+    ids: list[str | None] = field(default_factory=list)
+    #: The other fields of messages that have any, capped (``cap_context``), by index.
+    contexts: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def _clip(detail: str) -> str:
@@ -151,8 +163,9 @@ class RecordDecoder:
         self._fast = _fast_json(self)
 
     # -- one message -----------------------------------------------------------------
-    def _rows(self, raw: bytes | None) -> Rows | None:
-        """Rows of one message body (the general path); None when it is a response."""
+    def _rows(self, raw: bytes | None) -> Found | None:
+        """Rows, id and context of one message body (the general path); None when it is
+        a response."""
         if not raw:
             reject(Reason.EMPTY, "no value" if raw is None else "empty value")
         if len(raw) > self._max_bytes:
@@ -172,13 +185,19 @@ class RecordDecoder:
             if sniffed is None:
                 return None
             fmt = sniffed
+        rows: Rows | None
         if fmt is RecordFormat.JSON:
-            return json_rows(doc, keys, raw, self._plan)
-        if fmt is RecordFormat.V2:
-            return v2_rows(doc, keys, raw, self.spec)
-        if fmt is RecordFormat.V1:
-            return v1_rows(doc, keys, raw, self.spec)
-        return seldon_rows(doc, keys, raw, self.spec)
+            rows = json_rows(doc, keys, raw, self._plan)
+        elif fmt is RecordFormat.V2:
+            rows = v2_rows(doc, keys, raw, self.spec)
+        elif fmt is RecordFormat.V1:
+            rows = v1_rows(doc, keys, raw, self.spec)
+        else:
+            rows = seldon_rows(doc, keys, raw, self.spec)
+        if rows is None:
+            return None
+        body_id, context = _identity_of(doc, keys, _FIELDS_OF[fmt], self.spec.max_context_bytes)
+        return rows, body_id, context
 
     def _reparse(self, raw: bytes, exc: Exception) -> Any:
         if isinstance(exc, RuntimeError) and "re-use a parser" in str(exc):
@@ -238,11 +257,13 @@ class RecordDecoder:
         skip = {d.index for d in unreadable}
         ignored: list[tuple[int, str]] = []
         labels: list[ModelLabels | None] = [None] * len(values)
+        ids: list[str | None] = [None] * len(values)
+        contexts: dict[int, dict[str, Any]] = {}
         fast = self._fast if self.fmt in (RecordFormat.JSON, RecordFormat.AUTO) else None
         for index, raw in enumerate(values):
             if headers is not None and (head := headers[index]):
                 try:
-                    labels[index], response = self._header_facts(raw, head)
+                    labels[index], response, ids[index] = self._header_facts(raw, head)
                 except Exception as exc:
                     dead.append(DeadLetter(index, *_failure(exc)))
                     continue
@@ -251,29 +272,36 @@ class RecordDecoder:
                     continue
             if skip and index in skip:
                 continue
-            if fast is not None and (rows := fast(raw)) is not None:
-                found.append(rows)
-                sources.append(index)
-                continue
-            try:
-                rows = self._rows(raw)
-            except Exception as exc:  # every failure of one message is that message's own
-                dead.append(DeadLetter(index, *_failure(exc)))
-                continue
-            if rows is None:
-                ignored.append((index, "response"))
-                continue
+            got = fast(raw) if fast is not None else None
+            if got is None:
+                try:
+                    got = self._rows(raw)
+                except Exception as exc:  # every failure of one message is its own
+                    dead.append(DeadLetter(index, *_failure(exc)))
+                    continue
+                if got is None:
+                    ignored.append((index, "response"))
+                    continue
+            rows, body_id, context = got
             found.append(rows)
             sources.append(index)
+            if body_id is not None:
+                ids[index] = body_id
+            if context:
+                contexts[index] = context
             if rows[3] is not None:
                 labels[index] = merge_labels(labels[index], rows[3])
         if unreadable:
             dead.sort(key=lambda d: d.index)
-        return self._assemble(found, sources, dead, ignored, labels)
+        decoded = self._assemble(found, sources, dead, ignored, labels)
+        decoded.ids, decoded.contexts = ids, contexts
+        return decoded
 
-    def _header_facts(self, raw: bytes | None, head: Headers) -> tuple[ModelLabels | None, bool]:
-        """(model labels, is a response) from a message's headers, which count against
-        the size limit too, before anything reads them."""
+    def _header_facts(
+        self, raw: bytes | None, head: Headers
+    ) -> tuple[ModelLabels | None, bool, str | None]:
+        """(model labels, is a response, event or request id) from a message's headers,
+        which count against the size limit too, before anything reads them."""
         if is_unreadable(head):
             reject(Reason.NOT_UTF8, UNREADABLE_HEADERS)
         size = len(raw or b"") + header_bytes(head)
@@ -281,7 +309,8 @@ class RecordDecoder:
             reject(
                 Reason.TOO_LARGE, f"{size} bytes with its headers, the limit is {self._max_bytes}"
             )
-        return decoder_facts(head)
+        labels, response = decoder_facts(head)
+        return labels, response, header_id(head)
 
     def _assemble(
         self,
@@ -390,7 +419,31 @@ class RecordDecoder:
             return has_output, flat.astype(np.float32).reshape(n_rows, n_classes)
 
 
-def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Rows | None]:
+def _identity_of(
+    doc: Any, keys: list[str], fields: frozenset[str], max_context: int
+) -> tuple[str | None, dict[str, Any] | None]:
+    """(the body's text id, its other fields capped to ``max_context`` bytes of JSON).
+
+    Fields are walked with ``items()``: simdjson's lookup by key cannot find every key
+    JSON allows (one holding a NUL, say).
+    """
+    body_id = _text_id(doc["id"]) if "id" in keys else None
+    if max_context <= 0 or fields.issuperset(keys):
+        return body_id, None
+    others = {k: _plain(v) for k, v in doc.items() if k not in fields}
+    return body_id, cap_context(others, max_context)
+
+
+def _plain(value: Any) -> Any:
+    """A parsed value as plain Python (simdjson's arrays and objects are proxies)."""
+    if type(value) is Array:
+        return value.as_list()
+    if type(value) is simdjson.Object:
+        return value.as_dict()
+    return value
+
+
+def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Found | None]:
     """The common case, ``raw -> rows`` or None: a json record whose nesting the raw
     text proves without looking at the numbers (the proofs are explained in
     ``formats.json_rows``). Anything else, or odd, returns None and takes the general
@@ -402,6 +455,7 @@ def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Rows | None]:
     flat, shape0, n_classes, size = plan.flat, plan.shape0, plan.n_classes, plan.size
     expected, max_bytes = skeleton(plan.shape), decoder._max_bytes
     brackets, unit_rows = expected.count(b"["), plan.shape[-1] == 1
+    max_context = decoder.spec.max_context_bytes
 
     def proven_flat(raw: bytes, has_out: bool) -> bool:
         second = raw.find(b"[", raw.find(b"[") + 1)
@@ -422,7 +476,7 @@ def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Rows | None]:
             and (not has_out or flat_value(raw, b'"output"'))
         )
 
-    def rows(raw: bytes | None) -> Rows | None:
+    def rows(raw: bytes | None) -> Found | None:
         if not raw or len(raw) > max_bytes:
             return None
         doc: Any = None
@@ -449,7 +503,11 @@ def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Rows | None]:
             x = inst.as_buffer(of_type="d")
             if unit_rows and not flat and count_of(x) != size:
                 return None  # [] and [5] share a skeleton, [,] and [1,2] don't
-            return 1, x, out.as_buffer(of_type="d") if has_out else None, None
+            y = out.as_buffer(of_type="d") if has_out else None
+            if len(keys) == 1 + has_out:  # no id, no context: the cheapest record
+                return (1, x, y, None), None, None
+            body_id, context = _identity_of(doc, keys, _JSON_FIELDS, max_context)
+            return (1, x, y, None), body_id, context
         except Exception:  # the general path says what is wrong (with a fresh parser)
             return None
         finally:
@@ -571,7 +629,7 @@ def message_identity(
     return MessageIdentity(base, _row_count(body, resolved) > 1, first)
 
 
-_PLAIN_JSON_FIELDS = _FIELDS_OF[RecordFormat.JSON]
+_PLAIN_JSON_FIELDS = _JSON_FIELDS
 _local = threading.local()  # a simdjson parser per thread (a parser is not thread-safe)
 
 

@@ -167,8 +167,7 @@ class Worker:
                 )
                 dead_reasons.append(SCORING_ERROR)
         elif scores is not None:
-            fmt, limit = self.decoder_format, cfg.max_context_bytes
-            for out in alerts(messages, decoded, scores, fmt, cfg.alert_topic, limit):
+            for out in alerts(messages, decoded, scores, cfg.alert_topic):
                 publish(out)
         drift = [] if scores is None or self.drift is None else self.drift.add(scores.scores)
         for out in self._drift_events(drift):
@@ -336,6 +335,7 @@ class Worker:
             n_classes=int(self.handle.detector.n_classes),
             max_message_bytes=cfg.max_message_bytes,
             max_rows=cfg.max_rows_per_message,
+            max_context_bytes=cfg.max_context_bytes,
         )
         decoder = RecordDecoder(spec, self.decoder_format)  # the intake thread's own
 
