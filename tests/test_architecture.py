@@ -19,10 +19,6 @@ from radon.visitors import Function
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "monitor"
 
-# Packages being rewritten: their cycles and complex functions are reported, not failed.
-# The rewrite empties this tuple.
-UNDER_REWRITE: tuple[str, ...] = ("monitor.stream",)
-
 # The CLI layer: only these modules may import it.
 CLI_MODULES = ("monitor.cli", "monitor.commands")
 CLI_IMPORTERS = ("monitor.cli", "monitor.__main__", "monitor.commands")
@@ -139,11 +135,7 @@ def test_cycle_finder_sees_a_cycle_through_three_modules() -> None:
 def test_no_import_cycles() -> None:
     graph = import_graph()
     found = cycles(graph)
-    blocking = [c for c in found if not all(within(m, UNDER_REWRITE) for m in c)]
-    tolerated = [c for c in found if c not in blocking]
-    for component in tolerated:
-        print(f"under rewrite, tolerated for now: {_describe(component, graph)}")
-    assert not blocking, "\n".join(_describe(c, graph) for c in blocking)
+    assert not found, "\n".join(_describe(c, graph) for c in found)
 
 
 def test_the_import_graph_sees_function_level_imports() -> None:
@@ -168,14 +160,11 @@ def _functions(path: Path) -> Iterator[Function]:
 
 
 def test_no_function_is_too_complex() -> None:
-    too_complex: list[str] = []
-    tolerated: list[str] = []
-    for module, path in package_modules().items():
-        for function in _functions(path):
-            if function.complexity > MAX_COMPLEXITY:
-                where = f"{path.relative_to(ROOT)}:{function.lineno} {function.fullname}"
-                line = f"{where} has complexity {function.complexity}"
-                (tolerated if within(module, UNDER_REWRITE) else too_complex).append(line)
-    for line in tolerated:
-        print(f"under rewrite, tolerated for now: {line}")
+    too_complex = [
+        f"{path.relative_to(ROOT)}:{function.lineno} {function.fullname} has complexity "
+        f"{function.complexity}"
+        for path in package_modules().values()
+        for function in _functions(path)
+        if function.complexity > MAX_COMPLEXITY
+    ]
     assert not too_complex, f"above {MAX_COMPLEXITY}:\n" + "\n".join(too_complex)
