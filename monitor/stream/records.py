@@ -476,6 +476,11 @@ def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Found | None]
             and (not has_out or flat_value(raw, b'"output"'))
         )
 
+    def proven(raw: bytes, inst: Any, has_out: bool) -> bool:
+        if flat:
+            return proven_flat(raw, has_out)
+        return type(inst[0]) is Array and proven_nested(raw, has_out)
+
     def rows(raw: bytes | None) -> Found | None:
         if not raw or len(raw) > max_bytes:
             return None
@@ -490,15 +495,14 @@ def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Found | None]
             if "instance" not in keys or len(set(keys)) != len(keys) or not _NO_LABELS(keys):
                 return None
             inst = doc["instance"]
-            if type(inst) is not Array or len(inst) != shape0:
-                return None
             has_out = "output" in keys
             out = doc["output"] if has_out else None
-            if has_out and (type(out) is not Array or len(out) != n_classes):
-                return None
-            if not (proven_flat(raw, has_out) if flat else _nested_first(inst)):
-                return None
-            if not flat and not proven_nested(raw, has_out):
+            if not (
+                type(inst) is Array
+                and len(inst) == shape0
+                and (not has_out or (type(out) is Array and len(out) == n_classes))
+                and proven(raw, inst, has_out)
+            ):
                 return None
             x = inst.as_buffer(of_type="d")
             if unit_rows and not flat and count_of(x) != size:
@@ -514,10 +518,6 @@ def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Found | None]
             doc = inst = out = None
 
     return rows
-
-
-def _nested_first(inst: Any) -> bool:
-    return type(inst[0]) is Array
 
 
 def _failure(exc: Exception) -> tuple[Reason, str]:
