@@ -8,18 +8,21 @@ travels in headers, so the original record can be replayed as it was.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NamedTuple
 
 import orjson
 
+from monitor.stream.headers import Headers, HeaderValue
+
 ALERT_SCHEMA = "distillation-monitor/alert/v1"
 DRIFT_SCHEMA = "distillation-monitor/drift/v1"
 DEAD_LETTER_PREFIX = "dmon."
 
-Headers = list[tuple[str, str | bytes | None]]
-OriginalHeaders = dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None
+#: Headers as the worker writes them: a list of pairs, in order.
+HeaderList = list[tuple[str, HeaderValue]]
 
 
 class Outgoing(NamedTuple):
@@ -31,7 +34,7 @@ class Outgoing(NamedTuple):
     topic: str
     value: bytes
     key: bytes | None
-    headers: Headers | None
+    headers: HeaderList | None
     kind: str
 
 
@@ -136,11 +139,11 @@ def dead_letter_headers(
     partition: int | None,
     offset: int | None,
     timestamp_ms: int | None,
-    original: OriginalHeaders,
-) -> Headers:
+    original: Headers | None,
+) -> HeaderList:
     """The original headers, then ours under the ``dmon.`` prefix."""
-    pairs = original.items() if isinstance(original, dict) else (original or [])
-    headers: Headers = [(k, v if v is not None else b"") for k, v in pairs]
+    pairs = original.items() if isinstance(original, Mapping) else (original or [])
+    headers: HeaderList = [(k, v if v is not None else b"") for k, v in pairs]
     headers += [
         (DEAD_LETTER_PREFIX + "reason", reason.encode()),
         (DEAD_LETTER_PREFIX + "error", detail.encode("utf-8", "replace")[:1024]),

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import orjson
 
-from monitor.stream.alerts import Headers, Outgoing
+from monitor.stream.alerts import HeaderList, Outgoing
 
 #: Longest key an output keeps as it is; a longer alert key becomes its sha256.
 MAX_KEY_BYTES = 256
@@ -51,7 +51,7 @@ def header_size(headers: Iterable[tuple[str, str | bytes | None]] | None) -> int
     return sum(len(name) + len(value or b"") for name, value in headers or ())
 
 
-def size_of(value: bytes, key: bytes | None, headers: Headers | None) -> int:
+def size_of(value: bytes, key: bytes | None, headers: HeaderList | None) -> int:
     """Bytes Kafka counts for a record, framing included (generously)."""
     size = len(value) + RECORD_OVERHEAD
     if key is not None:
@@ -113,7 +113,7 @@ def _shortened_dead_letter(out: Outgoing, why: str) -> Outgoing:
 
 
 def _split_headers(
-    headers: Headers,
+    headers: HeaderList,
 ) -> tuple[list[tuple[str, str | bytes | None]], list[tuple[str, str | bytes | None]]]:
     """(the original record's headers, ours): ours are the trailing ``dmon.*`` ones, each
     name once (an original header may bear one of our names too, say in a replay)."""
