@@ -17,6 +17,7 @@ decoded in this process instead, and a new child is started for the next one.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
@@ -314,3 +316,37 @@ class DecodeProcess:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def decoding(
+    spec: InputSpec,
+    fmt: RecordFormat,
+    children: int,
+    stack: ExitStack,
+    on_failure: Callable[[], None],
+) -> Callable[[Sequence[MessageLike]], PendingDecode]:
+    """How the intake decodes a batch: in ``children`` child processes taking turns
+    (each closed by ``stack``), or, with none, on the calling thread.
+
+    With the intake's ``in_flight`` equal to ``children`` and answers taken oldest
+    first, each child has at most one batch at a time.
+    """
+    if not children:
+        decoder = RecordDecoder(spec, fmt)  # the intake thread's own
+
+        def here(messages: Sequence[MessageLike]) -> PendingDecode:
+            return Ready(decoder.decode(messages))
+
+        return here
+    processes = []
+    for _ in range(children):
+        process = DecodeProcess(spec, fmt, on_failure=on_failure)
+        process.start()
+        stack.callback(process.close)  # after the intake thread stopped
+        processes.append(process)
+    turns = itertools.cycle(processes)
+
+    def in_turn(messages: Sequence[MessageLike]) -> PendingDecode:
+        return next(turns).submit(messages)
+
+    return in_turn

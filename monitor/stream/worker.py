@@ -10,13 +10,12 @@ module only sequences them and owns the clients' lifecycle. Threads and processe
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import FrameType
@@ -36,13 +35,13 @@ from monitor.stream.checkpoint import (
     AtLeastOnceCheckpoint,
     TransactionalCheckpoint,
 )
-from monitor.stream.decode_process import DecodeProcess, PendingDecode, Ready
+from monitor.stream.decode_process import decoding
 from monitor.stream.drift import DriftResult, DriftWindow
 from monitor.stream.headers import Headers, header_bytes
 from monitor.stream.intake import Intake, Prepared
 from monitor.stream.outputs import alerts, dead_letter
 from monitor.stream.publisher import OutputLimits, Publisher, describe
-from monitor.stream.records import DecodedBatch, InputSpec, Reason, RecordDecoder, RecordFormat
+from monitor.stream.records import DecodedBatch, InputSpec, Reason, RecordFormat
 from monitor.stream.scoring import BatchScores, DetectorHandle, limit_tensorflow_threads
 from monitor.stream.settle import Processed, Settler
 from monitor.stream.topics import ensure_topics, message_limits
@@ -337,29 +336,10 @@ class Worker:
             max_rows=cfg.max_rows_per_message,
             max_context_bytes=cfg.max_context_bytes,
         )
-        decoder = RecordDecoder(spec, self.decoder_format)  # the intake thread's own
-
-        def decode_here(messages: list[Message]) -> PendingDecode:
-            return Ready(decoder.decode(messages))
-
-        submit: Callable[[list[Message]], PendingDecode] = decode_here
         children = cfg.decode_processes
-        if children:
-            processes = []
-            for _ in range(children):
-                process = DecodeProcess(
-                    spec, self.decoder_format, on_failure=self.metrics.decoder_process_failed
-                )
-                process.start()
-                stack.callback(process.close)  # after the intake thread stopped
-                processes.append(process)
-            # Batches take turns; with ``in_flight=children`` and answers taken oldest
-            # first, each child has at most one batch at a time.
-            turns = itertools.cycle(processes)
-
-            def submit(messages: list[Message]) -> PendingDecode:
-                return next(turns).submit(messages)
-
+        submit = decoding(
+            spec, self.decoder_format, children, stack, self.metrics.decoder_process_failed
+        )
         batcher: Batcher[Message] = Batcher(
             cfg.max_batch_size,
             cfg.max_batch_wait_ms / 1000.0,
