@@ -42,6 +42,7 @@ from fault_scenarios import (  # noqa: E402
     EOS,
     MODES,
     FaultReport,
+    Pace,
     Setup,
     Workers,
     alert_topic_outage,
@@ -54,7 +55,6 @@ from fault_scenarios import (  # noqa: E402
     tiny_instances,
 )
 from fixtures_kafka import create_topic, delete_topics  # noqa: E402
-from worker_harness import wait_until  # noqa: E402
 
 from bench.workers import children_of, peak_rss_kb  # noqa: E402
 
@@ -97,10 +97,13 @@ class Topics:
         for name, parts in zip(names, (partitions, partitions, 1), strict=True):
             create_topic(self.admin, name, parts)
             self.made.append(name)
+        input_topic, alert_topic, dead_letter_topic = names
         return Setup(
             local_kafka.BOOTSTRAP,
             detector,
-            *names,
+            input_topic,
+            alert_topic,
+            dead_letter_topic,
             group=f"faultbench-{mode}-{tag}",
             partitions=partitions,
             mode=mode,
@@ -119,14 +122,16 @@ def backlog(setup: Setup, n: int, log_dir: Path) -> dict[str, float]:
     args = setup.args()
     size = args.index("--max-batch-size")
     del args[size : size + 4]  # the defaults for --max-batch-size and --max-batch-wait-ms
+    pace = Pace()
     with Workers(log_dir) as workers:
-        proc = workers.start(args, f"backlog-{setup.mode}")
-        wait_until(lambda: setup.committed() > 0 or proc.poll() is not None, 120, "first commit")
+        worker = workers.start(args, f"backlog-{setup.mode}")
+        pace.started(worker, worker.spawned, "the backlog worker", [worker])
         first_at, first = time.monotonic(), setup.committed()
-        wait_until(lambda: setup.committed() >= n or proc.poll() is not None, 3600, "backlog")
+        pace.progress(setup.committed, n, "the backlog worked off", [worker])
         took = time.monotonic() - first_at
-        peak_kb = sum(peak_rss_kb(pid) for pid in [proc.pid, *children_of(proc.pid)])
-        workers.stop(proc)
+        pid = worker.proc.pid
+        peak_kb = sum(peak_rss_kb(p) for p in [pid, *children_of(pid)])
+        workers.stop(worker)
     return {
         "records": float(n),
         "records_per_s": round((n - first) / max(took, 1e-9)),
@@ -187,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.scenario} [{r.mode}]: {len(r.missing)} missing, {r.duplicated} "
                   f"duplicated ({took:.0f}s) {r.extra or ''}", flush=True)  # fmt: skip
 
-    big = make_traffic(detector, tiny_instances(200_000, seed=3))
+    # Streamed scenarios cycle through this pool with fresh ids, for as long as they run.
+    pool = make_traffic(detector, tiny_instances(20_000, seed=3))
     throughput: dict[str, dict[str, float]] = {}
     try:
         for mode in MODES:
@@ -195,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
                 t0, setup = time.monotonic(), topics.setup(detector, mode, 4)
                 rng = random.Random(mode)
                 log_dir = run_dir / f"kill-{mode}"
-                record([kill_and_restart(setup, big, kills, rng, log_dir, rate=rate)], t0)
+                record([kill_and_restart(setup, pool, kills, rng, log_dir, rate=rate)], t0)
             if "survivor" not in skip:
                 t0, setup = time.monotonic(), topics.setup(detector, mode, 4)
                 log_dir = run_dir / f"survivor-{mode}"
-                record([survivor_takes_over(setup, big, random.Random(mode), log_dir, rate)], t0)
+                record([survivor_takes_over(setup, pool, random.Random(mode), log_dir, rate)], t0)
             if "outage" not in skip:
                 t0, setup = time.monotonic(), topics.setup(detector, mode, 2)
                 small = make_traffic(detector, tiny_instances(4_000, seed=5))
@@ -210,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if "restart" not in skip:
             t0 = time.monotonic()
             setups = [topics.setup(detector, mode, 4) for mode in MODES]
-            record(broker_restart(setups, big, local_kafka.restart, rate, after_s=10.0), t0)
+            record(broker_restart(setups, pool, local_kafka.restart, rate, after_s=10.0), t0)
         if "backlog" not in skip and backlog_n > 0:
             for mode in MODES:
                 setup = topics.setup(detector, mode, 4)

@@ -1,15 +1,23 @@
 """Checking delivery promises by id, and the fault scenarios that put them to the test.
 
 Shared by ``tests/test_faults.py`` (small record counts) and ``bench/faults.py`` (larger):
-each scenario produces a known set of records, applies its faults to real worker
-processes and the real broker, then reads the alert topic as a ``read_committed``
-subscriber would and returns a ``FaultReport`` with the numbers by id.
+each scenario applies its faults to real worker processes and the real broker while it
+produces records, then reads the alert topic as a ``read_committed`` subscriber would and
+returns a ``FaultReport`` with the numbers by id over exactly the records it sent.
+
+Nothing here may depend on a machine's speed. Streamed traffic lasts until the scenario
+stops it, so it cannot run out while slow workers start; waits are multiples of the
+start-up measured on this machine (``Pace``); each worker's progress is read from its own
+metrics, not from the group's total; and a scenario that could not have tested what it
+claims (a kill that hit an idle worker, an outage no record went through) fails saying so.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -21,14 +29,16 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
+import requests
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from fixtures_kafka import Consumed, _detach, create_topic, delete_topics
 from worker_harness import (
+    CRASHES,
     ROOT,
     committed_offsets,
     json_record,
@@ -36,11 +46,11 @@ from worker_harness import (
     running_worker,
     scrape,
     state_of,
-    wait_until,
     worker_config,
 )
 
 from monitor.config import WorkerConfig
+from monitor.stream.worker import Worker
 
 ALO = "at-least-once"
 EOS = "exactly-once"
@@ -149,10 +159,6 @@ class Traffic:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def head(self, n: int) -> Traffic:
-        """The first ``n`` records (what a stopped trickle produced)."""
-        return Traffic(self.ids[:n], self.instances[:n], self.flagged & frozenset(self.ids[:n]))
-
     def tail(self, n: int) -> Traffic:
         """The records from the ``n``-th on."""
         return Traffic(self.ids[n:], self.instances[n:], self.flagged & frozenset(self.ids[n:]))
@@ -164,6 +170,8 @@ def make_traffic(detector_dir: Path, instances: np.ndarray, prefix: str = "r") -
 
     detector = load_detector(detector_dir)
     scores = np.asarray(detector.score(instances), dtype=np.float64)
+    if detector.threshold is None:
+        raise ValueError(f"{detector_dir}: the detector has no threshold")
     threshold = float(detector.threshold)
     clear = np.abs(scores - threshold) > 1e-3 * max(abs(threshold), 1e-3)
     kept = instances[clear]
@@ -182,19 +190,48 @@ def tiny_instances(n: int, seed: int = 0) -> np.ndarray:
     return np.where((np.arange(n) % 3 == 2)[:, None], far, x[:n]).astype(np.float32)
 
 
-class Trickle:
-    """Produces a traffic's records in order at a steady rate from a thread.
+class Source:
+    """Records without end, each with a fresh id.
 
-    Runs until every record is sent or ``stop()`` is called, so a scenario can keep
-    records flowing for as long as its faults take; ``finish()`` waits for the broker's
-    acknowledgements (across outages too) and returns how many records were produced.
+    The ``i``-th record is ``{prefix}-{i}`` carrying the ``i % len(pool)``-th instance of
+    a pool scored offline, so whether the detector flags it is known for any ``i``: a
+    scenario can produce for as long as its faults take and still check every id.
     """
 
-    def __init__(self, bootstrap: str, topic: str, traffic: Traffic, rate: float) -> None:
-        self.records = traffic.records()
+    def __init__(self, pool: Traffic, prefix: str = "s") -> None:
+        if not len(pool):
+            raise ValueError("an empty pool")
+        self.pool = pool
+        self.prefix = prefix
+        self._flags = np.array([rid in pool.flagged for rid in pool.ids])
+
+    def record(self, i: int) -> tuple[bytes, bytes]:
+        rid = f"{self.prefix}-{i}"
+        return rid.encode(), json_record(rid, self.pool.instances[i % len(self.pool)])
+
+    def first(self, n: int) -> Traffic:
+        """Records ``0 .. n-1``: what a stopped stream sent."""
+        rows = np.arange(n) % len(self.pool)
+        ids = [f"{self.prefix}-{i}" for i in range(n)]
+        flags = self._flags[rows]
+        flagged = frozenset(rid for rid, f in zip(ids, flags, strict=True) if f)
+        return Traffic(ids, self.pool.instances[rows], flagged)
+
+
+class Trickle:
+    """Produces a source's records in order at a steady rate from a thread, until stopped.
+
+    ``finish()`` stops it, waits for the broker's acknowledgements (across outages too)
+    and returns exactly the records sent. ``require_flowing`` lets a scenario fail when
+    the records a fault should meet are not coming any more.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, source: Source, rate: float) -> None:
+        self.source = source
         self.rate = rate
         self.sent = 0
         self.errors: list[KafkaError] = []
+        self._last_sent = time.monotonic()
         self._stop = threading.Event()
         self._producer = Producer(
             {
@@ -209,10 +246,12 @@ class Trickle:
 
     def _run(self) -> None:
         started = time.monotonic()
-        for i, (key, value) in enumerate(self.records):
+        i = 0
+        while not self._stop.is_set():
             ahead = i / self.rate - (time.monotonic() - started)
             if ahead > 0 and self._stop.wait(ahead):
                 return
+            key, value = self.source.record(i)
             while True:
                 try:
                     self._producer.produce(self._topic, value, key, on_delivery=self._delivered)
@@ -223,7 +262,9 @@ class Trickle:
                     self.errors.append(exc.args[0])
                     return
             self._producer.poll(0)
-            self.sent += 1
+            i += 1
+            self.sent = i
+            self._last_sent = time.monotonic()
 
     def _delivered(self, err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
@@ -238,16 +279,23 @@ class Trickle:
         self._thread.join(10)
         self._producer.flush(10)
 
-    def stop(self) -> None:
-        self._stop.set()
+    def require_flowing(self, before: str) -> None:
+        """Fail unless records are still being produced (what comes next needs them)."""
+        quiet = time.monotonic() - self._last_sent
+        if self.errors or not self._thread.is_alive() or quiet > max(2.0, 10 / self.rate):
+            raise AssertionError(
+                f"traffic stopped before {before}: {self.sent} records sent, the last "
+                f"{quiet:.1f}s ago, errors {self.errors[:3]}"
+            )
 
-    def finish(self, timeout: float = 120.0) -> int:
-        """Wait until production ends and everything is acknowledged; records produced."""
+    def finish(self, timeout: float = 120.0) -> Traffic:
+        """Stop, wait until everything is acknowledged; the records sent."""
+        self._stop.set()
         self._thread.join(timeout)
         left = self._producer.flush(timeout)
         if left or self.errors or self._thread.is_alive():
             raise AssertionError(f"trickle: {left} undelivered, errors {self.errors[:3]}")
-        return self.sent
+        return self.source.first(self.sent)
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -326,6 +374,183 @@ def table(reports: Sequence[FaultReport]) -> str:
     return "\n".join(lines)
 
 
+# -- waiting at this machine's pace --------------------------------------------------------
+P = "distillation_monitor_"
+CONSUMED = P + "records_consumed_total"  # records of committed batches
+ASSIGNED = P + "assigned_partitions"
+READY = P + "ready"
+
+
+class HasMetrics(Protocol):
+    """A worker in a thread or a process: what its own metrics are read through."""
+
+    @property
+    def metrics_port(self) -> int | None: ...
+
+
+def count(worker: HasMetrics, name: str, **labels: str) -> float | None:
+    """One metric from the worker's own /metrics, or None while it serves none."""
+    port = worker.metrics_port
+    if port is None:
+        return None
+    try:
+        return metric_sum(scrape(port), name, **labels)
+    except requests.RequestException:
+        return None
+
+
+def read_count(worker: HasMetrics, name: str, what: str) -> float:
+    """Like ``count``, for a reading a check cannot do without (a few tries)."""
+    for _ in range(20):
+        value = count(worker, name)
+        if value is not None:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"could not read {name} from {what}'s /metrics")
+
+
+class Alive(Protocol):
+    """What a wait asks, each round, whether a worker is still there."""
+
+    def check(self, what: str) -> None: ...
+
+
+class InThread:
+    """An in-process worker for a wait: its thread's death ends the wait at once."""
+
+    def __init__(self, worker: Worker, name: str) -> None:
+        self.worker = worker
+        self.name = name
+
+    def check(self, what: str) -> None:
+        crash = CRASHES.get(id(self.worker))
+        if crash is not None:
+            raise AssertionError(
+                f"the {self.name} worker's thread died {what}: {crash!r}\n{state_of(self.worker)}"
+            )
+
+
+def wait_for(
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str,
+    members: Sequence[Alive] = (),
+    why: Callable[[], str] | None = None,
+) -> float:
+    """Wait until ``predicate()``; a worker process that exits ends the wait at once.
+
+    Returns the seconds waited; on a timeout the message ends with ``why()``.
+    """
+    start = time.monotonic()
+    while True:
+        if predicate():
+            return time.monotonic() - start
+        for m in members:
+            m.check(f"while waiting for {what}")
+        if time.monotonic() - start > timeout:
+            detail = f"\n{why()}" if why is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(0.1)
+
+
+@dataclass
+class Pace:
+    """Waits scaled by how long a worker took to start on this machine.
+
+    A worker's start-up (TensorFlow, the detector, decoding children, joining the group)
+    is the slowest step of every scenario and several times slower on a small busy
+    machine than on a fast one. Only the first start-up is waited for with a constant;
+    every later wait is ``factor`` times the slowest start-up seen, and at least ``floor``
+    seconds, so a slow machine gets longer waits by itself.
+    """
+
+    floor: float = 60.0
+    factor: float = 5.0
+    first_start: float = 300.0
+    startup: float | None = None
+
+    @property
+    def wait(self) -> float:
+        if self.startup is None:
+            return self.first_start
+        return max(self.floor, self.factor * self.startup)
+
+    def note(self) -> str:
+        if self.startup is None:
+            return "(no worker had started yet)"
+        return (
+            f"(a worker took {self.startup:.1f}s to start here; waits are {self.factor:g}x "
+            f"that, at least {self.floor:g}s)"
+        )
+
+    def started(
+        self,
+        worker: HasMetrics,
+        since: float,
+        what: str,
+        members: Sequence[Alive] = (),
+        metric: str = CONSUMED,
+    ) -> float:
+        """Wait until ``worker``'s own ``metric`` is above 0 (by default: it committed its
+        first batch) and count the time since ``since`` as a start-up."""
+        wait_for(
+            lambda: (count(worker, metric) or 0) > 0,
+            self.wait,
+            f"{what} to start ({metric} > 0)",
+            members,
+            self.note,
+        )
+        took = time.monotonic() - since
+        self.startup = max(self.startup or 0.0, took)
+        return took
+
+    def until(
+        self,
+        predicate: Callable[[], bool],
+        what: str,
+        members: Sequence[Alive] = (),
+        why: Callable[[], str] | None = None,
+    ) -> float:
+        """``wait_for`` with this machine's wait."""
+
+        def explain() -> str:
+            return "\n".join(x for x in (why() if why else "", self.note()) if x)
+
+        return wait_for(predicate, self.wait, what, members, explain)
+
+    def progress(
+        self,
+        read: Callable[[], float],
+        target: float,
+        what: str,
+        members: Sequence[Alive] = (),
+        why: Callable[[], str] | None = None,
+    ) -> float:
+        """Wait until ``read()`` reaches ``target``, for as long as it keeps moving.
+
+        Working off records takes as long as this machine needs; only a value that
+        stays put for a whole wait is a failure. Returns the seconds waited.
+        """
+        start = moved = time.monotonic()
+        best = float("-inf")
+        while True:
+            value = read()
+            now = time.monotonic()
+            if value >= target:
+                return now - start
+            if value > best:
+                best, moved = value, now
+            for m in members:
+                m.check(f"while waiting for {what}")
+            if now - moved > self.wait:
+                detail = f"\n{why()}" if why is not None else ""
+                raise AssertionError(
+                    f"{what}: stuck at {best:g} of {target:g} for {self.wait:.0f}s "
+                    f"{self.note()}{detail}"
+                )
+            time.sleep(0.2)
+
+
 # -- worker processes ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Setup:
@@ -381,29 +606,84 @@ class Setup:
             args += ["--exactly-once", "--transactional-id", f"{self.group}-{transactional_id}"]
         return args
 
-    def crash_window(self) -> CrashWindow:
-        """Committed and end offsets per partition, right after a worker died."""
-        offsets = committed_offsets(self.bootstrap, self.group, self.input_topic, self.partitions)
+    def ends(self) -> list[int]:
+        """The input topic's end offset per partition."""
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group})
         try:
-            ends = [
+            return [
                 consumer.get_watermark_offsets(TopicPartition(self.input_topic, p), timeout=10)[1]
                 for p in range(self.partitions)
             ]
         finally:
             consumer.close()
+
+    def offsets(self) -> list[int] | None:
+        """The group's committed offset per partition (0 for none), or None while a dead
+        worker's transaction still holds them (a read_committed offset fetch waits)."""
+        try:
+            found = committed_offsets(self.bootstrap, self.group, self.input_topic, self.partitions)
+        except KafkaException:
+            return None
+        return [max(o, 0) for o in found]
+
+    def crash_window(self) -> CrashWindow:
+        """Committed and end offsets per partition, right after a worker died."""
+        offsets = committed_offsets(self.bootstrap, self.group, self.input_topic, self.partitions)
+        ends = self.ends()
         return {p: (max(offsets[p], 0), ends[p]) for p in range(self.partitions)}
 
     def committed(self, unsettled: int = -1) -> int:
         """Records committed so far; ``unsettled`` while a dead worker's transaction
         still holds the offsets (a read_committed offset fetch waits for it to end)."""
-        try:
-            offsets = committed_offsets(
-                self.bootstrap, self.group, self.input_topic, self.partitions
+        offsets = self.offsets()
+        return unsettled if offsets is None else sum(offsets)
+
+
+#: The worker's log line naming its metrics address (``--metrics-port 0`` picks a free port).
+METRICS_LINE = re.compile(r"metrics on http://[^\s/]+:(\d+)/metrics")
+#: Its log lines about group membership: which partitions came and went.
+MEMBERSHIP_LINE = re.compile(r"\b(assigned|revoked|partitions lost[^:]*:) (.*)$", re.M)
+
+
+class Member:
+    """A worker process with its log, and its own metrics on the port its log names."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, name: str) -> None:
+        self.proc = proc
+        self.log = log
+        self.name = name
+        self.spawned = time.monotonic()
+        self._port: int | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        if self._port is None:
+            found = METRICS_LINE.search(self.output())
+            self._port = int(found.group(1)) if found else None
+        return self._port
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def check(self, what: str) -> None:
+        """Fail with its log when the process is gone."""
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"the {self.name} worker exited ({self.proc.returncode}) {what}; "
+                f"{self.log}:\n{self.tail()}"
             )
-        except KafkaException:
-            return unsettled
-        return sum(max(o, 0) for o in offsets)
+
+    def partitions(self, topic: str) -> set[int]:
+        """The partitions of ``topic`` it owns, by its log (assignments are incremental)."""
+        owned: set[int] = set()
+        pattern = re.compile(re.escape(topic) + r"\[(\d+)\]")
+        for event, names in MEMBERSHIP_LINE.findall(self.output()):
+            found = {int(p) for p in pattern.findall(names)}
+            owned = owned | found if event == "assigned" else owned - found
+        return owned
 
 
 class Workers:
@@ -411,34 +691,31 @@ class Workers:
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
-        self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self.members: list[Member] = []
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, args: list[str], name: str) -> subprocess.Popen[bytes]:
-        path = self.log_dir / f"{len(self.procs):02d}-{name}.log"
+    def start(self, args: list[str], name: str) -> Member:
+        path = self.log_dir / f"{len(self.members):02d}-{name}.log"
         with path.open("wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor", "run", *args],
                 cwd=ROOT,
-                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        self.procs.append((proc, path))
-        return proc
+        member = Member(proc, path, name)
+        self.members.append(member)
+        return member
 
-    def output(self, proc: subprocess.Popen[bytes]) -> str:
-        path = next(p for q, p in self.procs if q is proc)
-        return path.read_text(errors="replace")
+    def sigkill(self, member: Member) -> None:
+        member.check("before its SIGKILL")
+        member.proc.send_signal(signal.SIGKILL)
+        member.proc.wait(30)
 
-    def sigkill(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is not None:
-            raise AssertionError(f"worker died on its own:\n{self.output(proc)[-3000:]}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
+    def stop(self, member: Member, timeout: float = 60.0) -> str:
         """SIGTERM; the worker must exit 0 in time. Returns its output."""
+        proc = member.proc
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         try:
@@ -446,19 +723,19 @@ class Workers:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            raise AssertionError(f"worker ignored SIGTERM:\n{self.output(proc)[-3000:]}") from None
+            raise AssertionError(f"worker ignored SIGTERM:\n{member.tail(60)}") from None
         if code != 0:
-            raise AssertionError(f"worker exited {code}:\n{self.output(proc)[-3000:]}")
-        return self.output(proc)
+            raise AssertionError(f"worker exited {code}:\n{member.tail(60)}")
+        return member.output()
 
     def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        for proc, _path in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(30)
+        for member in self.members:
+            if member.proc.poll() is None:
+                member.proc.kill()
+                member.proc.wait(30)
 
 
 def report(
@@ -467,12 +744,13 @@ def report(
     faults: int,
     traffic: Traffic,
     windows: Sequence[CrashWindow] = (),
+    settle_s: float = 60.0,
 ) -> FaultReport:
     """Read the outputs back; records committed and not dead-lettered count as scored."""
     alerts = read_alerts(setup.bootstrap, setup.alert_topic)
     dead = len(read_to_end(setup.bootstrap, setup.dead_letter_topic))
     # A killed member's transaction holds its offsets until it times out or is fenced.
-    wait_until(lambda: setup.committed() >= 0, 60, "the committed offsets to settle")
+    wait_for(lambda: setup.committed() >= 0, settle_s, "the committed offsets to settle")
     return FaultReport.from_alerts(
         scenario, setup.mode, faults, traffic, alerts, setup.committed() - dead, windows
     )
@@ -481,7 +759,7 @@ def report(
 # -- scenarios -----------------------------------------------------------------------------
 def kill_and_restart(
     setup: Setup,
-    traffic: Traffic,
+    pool: Traffic,
     kills: int,
     rng: random.Random,
     log_dir: Path,
@@ -490,123 +768,211 @@ def kill_and_restart(
 ) -> FaultReport:
     """SIGKILL the worker ``kills`` times at random moments while records stream in.
 
-    Each incarnation is killed a random time after its first commit (so mid-batch,
-    between produce and commit, or while it joins the group), then restarted with the
-    same transactional id; the last one drains the topic and stops with SIGTERM.
-    ``traffic`` must be long enough to last ``rate`` records/s through all the kills.
+    Each incarnation is killed a random time after its own first committed batch (so
+    mid-batch, between produce and commit, or while it joins the group), with records
+    still arriving, then restarted with the same transactional id; the last one drains
+    the topic and stops with SIGTERM. Records (from ``pool``) flow until then.
     """
+    pace = Pace()
     windows: list[CrashWindow] = []
     with (
-        Trickle(setup.bootstrap, setup.input_topic, traffic, rate) as trickle,
+        Trickle(setup.bootstrap, setup.input_topic, Source(pool), rate) as trickle,
         Workers(log_dir) as workers,
     ):
         for i in range(kills):
-            before = setup.committed()
-            proc = workers.start(setup.args(), f"incarnation{i}")
-            wait_until(
-                lambda: setup.committed() > before or proc.poll() is not None,  # noqa: B023
-                120,
-                "a commit by the new incarnation",
-            )
+            worker = workers.start(setup.args(), f"incarnation{i}")
+            pace.started(worker, worker.spawned, f"incarnation {i}", [worker])
             time.sleep(rng.uniform(0.0, max_delay))
-            workers.sigkill(proc)
+            trickle.require_flowing(f"SIGKILL {i + 1}: it would have hit an idle worker")
+            workers.sigkill(worker)
             if setup.mode == ALO:  # (in exactly-once mode no duplicate is allowed at all)
                 windows.append(setup.crash_window())
-        trickle.stop()
-        produced = trickle.finish()
-        proc = workers.start(setup.args(), "last")
-        wait_until(
-            lambda: setup.committed() >= produced or proc.poll() is not None,
-            180,
-            "the last incarnation to drain the topic",
+        last = workers.start(setup.args(), "last")
+        pace.started(last, last.spawned, "the last incarnation", [last])
+        trickle.require_flowing("the last incarnation processed records")
+        traffic = trickle.finish()
+        pace.progress(
+            setup.committed, len(traffic), "the last incarnation to drain the topic", [last]
         )
-        workers.stop(proc)
-    return report(setup, "SIGKILL + restart", kills, traffic.head(produced), windows)
+        workers.stop(last)
+    return report(setup, "SIGKILL + restart", kills, traffic, windows, pace.wait)
 
 
 def survivor_takes_over(
-    setup: Setup, traffic: Traffic, rng: random.Random, log_dir: Path, rate: float = 200.0
+    setup: Setup, pool: Traffic, rng: random.Random, log_dir: Path, rate: float = 200.0
 ) -> FaultReport:
-    """Two workers share the group; one is SIGKILLed mid-stream; the other must finish."""
+    """Two workers share the group; one is SIGKILLed mid-stream; the other must finish.
+
+    Checked on each worker's own metrics: both process records after both joined, the
+    victim up to its SIGKILL; then the survivor owns every partition, commits records
+    produced after the SIGKILL on each of them, and reads at least every record produced
+    after it. ``extra["taken_over"]``: records produced on the victim's partitions after
+    its death, which only the survivor can have read.
+    """
+    pace = Pace()
+    topic, n = setup.input_topic, setup.partitions
     with (
-        Trickle(setup.bootstrap, setup.input_topic, traffic, rate) as trickle,
+        Trickle(setup.bootstrap, topic, Source(pool), rate) as trickle,
         Workers(log_dir) as workers,
     ):
         victim = workers.start(setup.args("victim"), "victim")
         survivor = workers.start(setup.args("survivor"), "survivor")
-        owns = f"assigned {setup.input_topic}["
-        wait_until(
-            lambda: (
-                all(owns in workers.output(p) for p in (victim, survivor))
-                or victim.poll() is not None
-                or survivor.poll() is not None
-            ),
-            120,
-            "both workers owning partitions",
+        both = [victim, survivor]
+        for w in both:
+            pace.started(w, w.spawned, f"the {w.name}", both)
+
+        def owned() -> list[float]:
+            return [count(w, ASSIGNED) or 0.0 for w in both]
+
+        pace.until(
+            lambda: min(owned()) > 0 and sum(owned()) == n,
+            f"both workers to own partitions, {n} between them",
+            both,
+            lambda: f"assigned partitions (victim, survivor): {owned()}",
         )
-        before = setup.committed()
-        wait_until(lambda: setup.committed() > before, 60, "both workers processing")
+        joined = [read_count(w, CONSUMED, w.name) for w in both]
+
+        def since_joined() -> list[float]:
+            return [(count(w, CONSUMED) or 0.0) - j for w, j in zip(both, joined, strict=True)]
+
+        pace.until(
+            lambda: min(since_joined()) > 0,
+            "both workers to process records after both joined",
+            both,
+            lambda: f"records since both joined (victim, survivor): {since_joined()}",
+        )
         time.sleep(rng.uniform(0.0, 1.0))
+        trickle.require_flowing("the SIGKILL: no takeover would be tested")
+        victim_parts = victim.partitions(topic)
+        victim_done = read_count(victim, CONSUMED, "the victim") - joined[0]
+        if victim_done <= 0 or not victim_parts:
+            raise AssertionError(
+                "the SIGKILL hit a worker that had processed nothing since both joined "
+                f"(partitions {sorted(victim_parts)}): no takeover was tested"
+            )
+        survivor_at_kill = read_count(survivor, CONSUMED, "the survivor")
         workers.sigkill(victim)
+        ends_at_kill = setup.ends()  # records past these the victim never saw
         windows = [setup.crash_window()] if setup.mode == ALO else []
-        time.sleep(2.0)  # records keep arriving on the victim's partitions too
-        trickle.stop()
-        produced = trickle.finish()
-        wait_until(
-            lambda: setup.committed() >= produced or survivor.poll() is not None,
-            180,
-            "the survivor to finish the topic",
+
+        pace.until(
+            lambda: count(survivor, ASSIGNED) == n,
+            f"the survivor to own all {n} partitions",
+            [survivor],
+            lambda: f"the survivor owns {count(survivor, ASSIGNED)}",
+        )
+
+        def behind() -> list[int]:
+            """Partitions with no record produced after the SIGKILL committed yet."""
+            offsets = setup.offsets()
+            if offsets is None:
+                return list(range(n))
+            return [p for p in range(n) if offsets[p] <= ends_at_kill[p]]
+
+        pace.until(
+            lambda: not behind(),
+            "the survivor to commit records produced after the SIGKILL on every partition",
+            [survivor],
+            lambda: f"still behind: {behind()} (the victim's: {sorted(victim_parts)})",
+        )
+        trickle.require_flowing("the takeover was complete")
+        traffic = trickle.finish()
+        pace.progress(setup.committed, len(traffic), "the survivor to finish the topic", [survivor])
+        ends = setup.ends()
+        after = sum(ends[p] - ends_at_kill[p] for p in range(n))
+        taken_over = sum(ends[p] - ends_at_kill[p] for p in victim_parts)
+        if taken_over <= 0:
+            raise AssertionError(
+                "nothing was produced on the victim's partitions after the SIGKILL: "
+                "no takeover was tested"
+            )
+
+        def survivor_read() -> float:
+            return (count(survivor, CONSUMED) or 0.0) - survivor_at_kill
+
+        pace.until(
+            lambda: survivor_read() >= after,
+            "the survivor's own count to cover every record produced after the SIGKILL",
+            [survivor],
+            lambda: (
+                f"the survivor read {survivor_read():g} records after the SIGKILL, fewer "
+                f"than the {after} produced since ({taken_over} on the victim's partitions "
+                f"{sorted(victim_parts)})"
+            ),
         )
         workers.stop(survivor)
-    return report(setup, "2 workers, 1 SIGKILLed", 1, traffic.head(produced), windows)
-
-
-P = "distillation_monitor_"
+    r = report(setup, "2 workers, 1 SIGKILLed", 1, traffic, windows, pace.wait)
+    r.extra = {"taken_over": float(taken_over)}
+    return r
 
 
 def broker_restart(
     setups: Sequence[Setup],
-    traffic: Traffic,
+    pool: Traffic,
     restart: Callable[[], object],
     rate: float = 100.0,
     after_s: float = 3.0,
 ) -> list[FaultReport]:
     """Workers (threads, one per setup) ride out a broker restart while records stream in.
 
-    ``extra`` holds what each worker's metrics say about it: client errors reported by
-    librdkafka and broker disconnects seen in its statistics.
+    Records are produced before, during and at least ``after_s`` after the restart, and
+    until each worker has processed some after it. ``extra`` holds what each worker's
+    metrics say about it: client errors reported by librdkafka and broker disconnects
+    seen in its statistics.
     """
+    pace = Pace()
     with ExitStack() as stack:
+        since = time.monotonic()
         workers = [
-            stack.enter_context(running_worker(s.config(stats_interval_ms=500))) for s in setups
+            stack.enter_context(
+                running_worker(s.config(stats_interval_ms=500), start_timeout=pace.first_start)
+            )
+            for s in setups
         ]
         trickles = [
-            stack.enter_context(Trickle(s.bootstrap, s.input_topic, traffic, rate)) for s in setups
+            stack.enter_context(Trickle(s.bootstrap, s.input_topic, Source(pool), rate))
+            for s in setups
         ]
-        for s in setups:
-            wait_until(lambda: s.committed() > 0, 60, "processing before the restart")  # noqa: B023
+        alive = [InThread(w, s.mode) for s, w in zip(setups, workers, strict=True)]
+        for s, w in zip(setups, workers, strict=True):
+            pace.started(w, since, f"the {s.mode} worker", alive)
+        for t in trickles:
+            t.require_flowing("the restart: the broker would have been down with no traffic")
+        sent = [t.sent for t in trickles]
         restart()
         back = time.monotonic()
-        time.sleep(after_s)  # records keep arriving after the broker is back
-        produced = []
-        for t in trickles:
-            t.stop()
-            produced.append(t.finish())
-        caught_up = []
-        for s, n, w in zip(setups, produced, workers, strict=True):
-            try:
-                wait_until(
-                    lambda: s.committed() >= n,  # noqa: B023
-                    180,
-                    f"the {s.mode} worker to commit all {n} records after the restart",
+        for s, t, n in zip(setups, trickles, sent, strict=True):
+            if t.sent <= n or t.errors:
+                raise AssertionError(
+                    f"traffic stopped before the restart ({s.mode}): nothing was produced "
+                    f"while the broker was down ({t.sent} sent, errors {t.errors[:3]})"
                 )
-            except AssertionError as exc:
-                raise AssertionError(f"{exc} (committed: {s.committed()})\n{state_of(w)}") from None
+        at_back = [count(w, CONSUMED) or 0.0 for w in workers]
+        time.sleep(after_s)  # records keep arriving after the broker is back
+        for s, w, c in zip(setups, workers, at_back, strict=True):
+            pace.until(
+                lambda: (count(w, CONSUMED) or 0.0) > c,  # noqa: B023
+                f"the {s.mode} worker to process records after the broker came back",
+                alive,
+                functools.partial(state_of, w),
+            )
+        for t in trickles:
+            t.require_flowing("the workers processed records after the restart")
+        produced = [t.finish() for t in trickles]
+        caught_up = []
+        for s, traffic, w in zip(setups, produced, workers, strict=True):
+            pace.progress(
+                s.committed,
+                len(traffic),
+                f"the {s.mode} worker to commit all {len(traffic)} records after the restart",
+                alive,
+                functools.partial(state_of, w),
+            )
             caught_up.append(time.monotonic() - back)
         seen = [scrape(w.metrics_port or 0) for w in workers]
     reports = []
-    for s, n, metrics, took in zip(setups, produced, seen, caught_up, strict=True):
-        r = report(s, "broker restart", 1, traffic.head(n))
+    for s, traffic, metrics, took in zip(setups, produced, seen, caught_up, strict=True):
+        r = report(s, "broker restart", 1, traffic, settle_s=pace.wait)
         r.extra = {
             "caught_up_s": round(took, 1),
             "broker_errors": metric_sum(metrics, P + "broker_errors_total"),
@@ -619,15 +985,25 @@ def broker_restart(
     return reports
 
 
+def _failures(worker: HasMetrics, mode: str) -> float:
+    """Failed alert deliveries (at-least-once) or aborted transactions (exactly-once)."""
+    if mode == EOS:
+        return count(worker, P + "transactions_total", outcome="aborted") or 0.0
+    return count(worker, P + "alert_publish_failures_total") or 0.0
+
+
 def alert_topic_outage(
     setup: Setup, traffic: Traffic, admin: AdminClient, outage_s: float = 6.0
 ) -> FaultReport:
-    """The alert topic is deleted under a running worker and recreated ``outage_s`` later.
+    """The alert topic is deleted under a running worker and recreated later.
 
-    ``extra``: ``held`` is 1 when no offset moved during the outage (the records
-    produced meanwhile all wait for their alerts), ``failures`` counts failed alert
-    deliveries (at-least-once) or aborted transactions (exactly-once).
+    The second half of ``traffic`` is produced while the topic is gone; the outage lasts
+    at least ``outage_s`` and until the worker has failed to deliver an alert (else no
+    outage was tested). ``extra``: ``held`` is 1 when no offset moved during the outage
+    (the records produced meanwhile all wait for their alerts), ``failures`` counts
+    failed alert deliveries (at-least-once) or aborted transactions (exactly-once).
     """
+    pace = Pace()
     half = len(traffic) // 2
     config = setup.config(
         kafka={
@@ -635,26 +1011,35 @@ def alert_topic_outage(
             "message.timeout.ms": "3000",
         }
     )
-    with running_worker(config) as worker:
-        produce(setup.bootstrap, setup.input_topic, traffic.records(0, half))
-        wait_until(lambda: setup.committed() >= half, 60, "the first half")
+    produce(setup.bootstrap, setup.input_topic, traffic.records(0, half))
+    since = time.monotonic()
+    with running_worker(config, start_timeout=pace.first_start) as worker:
+        alive = [InThread(worker, setup.mode)]
+        pace.started(worker, since, "the worker", alive)
+        pace.progress(setup.committed, half, "the first half", alive)
         delete_topics(admin, [setup.alert_topic])
-        wait_until(
-            lambda: setup.alert_topic not in admin.list_topics(timeout=10).topics, 30, "deletion"
+        pace.until(
+            lambda: setup.alert_topic not in admin.list_topics(timeout=10).topics, "deletion"
         )
+        gone = time.monotonic()
+        before = _failures(worker, setup.mode)
         produce(setup.bootstrap, setup.input_topic, traffic.records(half))
-        time.sleep(outage_s)
+        pace.until(
+            lambda: _failures(worker, setup.mode) > before,
+            "a failed alert delivery while the alert topic is gone",
+            alive,
+            lambda: (
+                "the worker never failed to deliver an alert while the alert topic was gone: "
+                "no outage was tested"
+            ),
+        )
+        time.sleep(max(0.0, outage_s - (time.monotonic() - gone)))
         during = setup.committed()
-        metrics = scrape(worker.metrics_port or 0)
+        failures = _failures(worker, setup.mode)
         create_topic(admin, setup.alert_topic, setup.partitions)
-        wait_until(lambda: setup.committed() >= len(traffic), 120, "the second half")
-    r = report(setup, "alert topic deleted + recreated", 1, traffic.tail(half))
+        pace.progress(setup.committed, len(traffic), "the second half", alive)
+    r = report(setup, "alert topic deleted + recreated", 1, traffic.tail(half), (), pace.wait)
     r.scored -= half  # the first half's alerts went down with the deleted topic
-    failures = (
-        metric_sum(metrics, P + "transactions_total", outcome="aborted")
-        if setup.mode == EOS
-        else metric_sum(metrics, P + "alert_publish_failures_total")
-    )
     r.extra = {"held": float(during == half), "failures": failures}
     return r
 
@@ -673,6 +1058,7 @@ def poison_flood(setup: Setup, copies: int = 1, seed: int = 6) -> FaultReport:
 
     from monitor.stream.records import InputSpec
 
+    pace = Pace()
     corpus = poison_corpus(InputSpec(shape=(8,), n_classes=3, max_message_bytes=POISON_LIMIT))
     bad = [c for _ in range(copies) for c in corpus]
     traffic = make_traffic(setup.detector, tiny_instances(2 * len(bad) + 2, seed=seed))
@@ -684,12 +1070,15 @@ def poison_flood(setup: Setup, copies: int = 1, seed: int = 6) -> FaultReport:
     records += good[2 * len(bad) :]
     produce(setup.bootstrap, setup.input_topic, records)
     config = setup.config(record_format="auto", max_message_bytes=POISON_LIMIT)
-    with running_worker(config) as worker:
-        wait_until(lambda: setup.committed() >= len(records), 120, "the corpus processed")
+    since = time.monotonic()
+    with running_worker(config, start_timeout=pace.first_start) as worker:
+        alive = [InThread(worker, setup.mode)]
+        pace.started(worker, since, "the worker", alive)
+        pace.progress(setup.committed, len(records), "the corpus processed", alive)
         metrics = scrape(worker.metrics_port or 0)
     dead = {m.key: dict(m.headers) for m in read_to_end(setup.bootstrap, setup.dead_letter_topic)}
     expected = {f"poison-{i}-{c.name}".encode(): str(c.reason) for i, c in enumerate(bad)}
-    r = report(setup, "poison corpus", len(bad), traffic)
+    r = report(setup, "poison corpus", len(bad), traffic, (), pace.wait)
     r.extra = {
         "dead_letters": float(len(dead)),
         "wrong_reasons": float(

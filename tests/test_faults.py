@@ -27,8 +27,10 @@ from fault_scenarios import (
     ALO,
     EOS,
     MODES,
+    READY,
     FaultReport,
     P,
+    Pace,
     Setup,
     alert_topic_outage,
     broker_restart,
@@ -40,9 +42,11 @@ from fault_scenarios import (
     tiny_instances,
 )
 from fixtures_kafka import produce_messages
-from worker_harness import metric_sum, running_worker, scrape, wait_until
+from worker_harness import assigned_partitions, metric_sum, running_worker, scrape
 
-from monitor.stream.worker import MAX_UNACKED_BATCHES, Worker
+from monitor.metrics.worker import WorkerMetrics
+from monitor.stream.checkpoint import MAX_UNACKED_BATCHES
+from monitor.stream.worker import Worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
 
@@ -93,14 +97,14 @@ def test_sigkill_at_random_points_then_restart_loses_nothing(
 ) -> None:
     """Both modes side by side (separate topics and groups), three kills each."""
     kills = 3
-    traffic = make_traffic(saved_detector_dir, tiny_instances(20_000, seed=3))
+    pool = make_traffic(saved_detector_dir, tiny_instances(2000, seed=3))
     jobs = []
     for mode in MODES:
         group = f"kills-{mode}-{uuid.uuid4().hex[:8]}"
         setup = setup_for(kafka_bootstrap, make_topic, group, saved_detector_dir, mode, 2)
         jobs.append(
             functools.partial(
-                kill_and_restart, setup, traffic, kills, random.Random(mode), tmp_path / mode
+                kill_and_restart, setup, pool, kills, random.Random(mode), tmp_path / mode
             )
         )
     for report in run_many(jobs):
@@ -115,9 +119,11 @@ def test_survivor_takes_over_the_partitions_of_a_sigkilled_worker(
     tmp_path: Path,
 ) -> None:
     setup = setup_for(kafka_bootstrap, make_topic, unique_group, saved_detector_dir, EOS, 4)
-    traffic = make_traffic(saved_detector_dir, tiny_instances(2000, seed=4))
-    report = survivor_takes_over(setup, traffic, random.Random(4), tmp_path)
+    pool = make_traffic(saved_detector_dir, tiny_instances(2000, seed=4))
+    report = survivor_takes_over(setup, pool, random.Random(4), tmp_path)
     check_delivery(report)
+    print(f"  {report.extra}")
+    assert report.extra["taken_over"] > 0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -161,6 +167,7 @@ def test_a_backlog_is_worked_off_with_bounded_queues(
     make_topic: Any,
     unique_group: str,
     saved_detector_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """librdkafka's prefetch queue, the open batch and the records awaiting acknowledgement
     stay within their configured bounds however large the backlog (a smaller version of
@@ -183,9 +190,9 @@ def test_a_backlog_is_worked_off_with_bounded_queues(
     )
     worker = Worker(config, handle_signals=False)
     peaks = Counter[str]()
-    on_stats = worker._on_stats
+    on_stats = WorkerMetrics.update_from_stats
 
-    def sample(stats_json: str) -> None:  # librdkafka's own view of its queues
+    def sample(metrics: WorkerMetrics, stats_json: str | bytes) -> None:  # librdkafka's view
         stats = orjson.loads(stats_json)
         # Each partition's fetch queue is forwarded to the one consumer queue, and every
         # partition reports that queue's size: take one, not the sum.
@@ -198,19 +205,32 @@ def test_a_backlog_is_worked_off_with_bounded_queues(
             default=0,
         )
         peaks["fetch_queue_bytes"] = max(peaks["fetch_queue_bytes"], queued)
-        on_stats(stats_json)
+        on_stats(metrics, stats_json)
 
-    worker._on_stats = sample  # type: ignore[method-assign]
+    # (the only worker in this process: its consumer's stats callback is this method)
+    monkeypatch.setattr(WorkerMetrics, "update_from_stats", sample)
     thread = threading.Thread(target=worker.run, kwargs={"max_records": n}, daemon=True)
+    pace, since = Pace(), time.monotonic()
     thread.start()
-    deadline = time.monotonic() + 120
-    while thread.is_alive() and time.monotonic() < deadline:  # the worker's own queues
-        peaks["open_batch"] = max(peaks["open_batch"], len(worker.batcher))
+    done, moved = 0, since
+    while thread.is_alive():  # the worker's own queues
+        now = time.monotonic()
+        if worker.summary.consumed != done:  # as long as it takes, while it moves
+            if pace.startup is None:
+                pace.startup = now - since
+            done, moved = worker.summary.consumed, now
+        elif now - moved > pace.wait:
+            break
+        intake = getattr(worker, "intake", None)
+        if intake is not None:
+            peaks["open_batch"] = max(peaks["open_batch"], len(intake.batcher))
         publisher = getattr(worker, "publisher", None)
         if publisher is not None:
             peaks["unacknowledged"] = max(peaks["unacknowledged"], publisher.in_flight)
         time.sleep(0.001)
-    assert not thread.is_alive(), "the backlog was not worked off in time"
+    assert not thread.is_alive(), (
+        f"the backlog stalled at {done} of {n} records for {pace.wait:.0f}s {pace.note()}"
+    )
     print(f"\nbacklog of {n}: peaks {dict(peaks)}")
     assert worker.summary.consumed == n and worker.summary.scored == n
     assert setup.committed() == n
@@ -247,12 +267,12 @@ def test_partitions_taken_away_and_given_back_while_stuck_are_processed(
     )
     traffic = make_traffic(saved_detector_dir, tiny_instances(200, seed=10))
     produce_messages(kafka_bootstrap, setup.input_topic, traffic.records())
-    with running_worker(setup.config()) as worker:
+    pace, since = Pace(), time.monotonic()
+    with running_worker(setup.config(), start_timeout=pace.first_start) as worker:
+        pace.started(worker, since, "the worker", metric=READY)
         port = worker.metrics_port or 0
         failures = "transactions_total" if mode == EOS else "alert_publish_failures_total"
-        wait_until(
-            lambda: metric_sum(scrape(port), P + failures) >= 2, 60, "alert delivery failing"
-        )
+        pace.until(lambda: metric_sum(scrape(port), P + failures) >= 2, "alert delivery failing")
         time.sleep(2.0)  # the worker has been stuck long enough to pause its partitions
         other = Consumer(
             {
@@ -265,16 +285,16 @@ def test_partitions_taken_away_and_given_back_while_stuck_are_processed(
             }
         )
         other.subscribe([setup.input_topic])
-        wait_until(lambda: (other.consume(1, 0.2), len(other.assignment()))[1] > 0, 60, "a share")
-        wait_until(lambda: len(worker._assigned) < 4, 60, "partitions taken from the worker")
+        pace.until(lambda: (other.consume(1, 0.2), len(other.assignment()))[1] > 0, "a share")
+        pace.until(lambda: len(assigned_partitions(worker)) < 4, "partitions taken from the worker")
         other.close()  # leaves the group: its partitions go back to the worker
-        wait_until(lambda: len(worker._assigned) == 4, 60, "partitions given back")
+        pace.until(lambda: len(assigned_partitions(worker)) == 4, "partitions given back")
         resource = ConfigResource(
             "topic", setup.alert_topic, set_config={"max.message.bytes": "1000000"}
         )
         for future in kafka_admin.alter_configs([resource]).values():
             future.result()
-        wait_until(lambda: setup.committed() >= len(traffic), 60, "every partition processed")
+        pace.progress(setup.committed, len(traffic), "every partition processed")
     check_delivery(fault_scenarios.report(setup, "rebalance while stuck", 1, traffic))
 
 
@@ -297,9 +317,9 @@ def test_workers_ride_out_a_broker_restart_and_report_it(
         )
         for mode in MODES
     ]
-    traffic = make_traffic(saved_detector_dir, tiny_instances(20_000, seed=8))
+    pool = make_traffic(saved_detector_dir, tiny_instances(2000, seed=8))
     caplog.set_level(logging.WARNING, logger="monitor")
-    reports = broker_restart(setups, traffic, restart_broker)
+    reports = broker_restart(setups, pool, restart_broker)
     for report in reports:
         check_delivery(report, lost_partitions=True)
         print(f"  {report.mode}: {report.extra}")

@@ -62,6 +62,7 @@ def running_worker(config: WorkerConfig, start_timeout: float = 60.0) -> Iterato
     ``start_timeout`` bounds the wait for its metrics endpoint (the detector loads first).
     """
     worker = Worker(config, handle_signals=False)
+    CRASHES.pop(id(worker), None)  # a finished worker's entry, its id now reused
     errors: list[BaseException] = []
 
     def target() -> None:
