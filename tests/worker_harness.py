@@ -98,10 +98,7 @@ def state_of(worker: Worker) -> str:
     intake = getattr(worker, "intake", None)
     if intake is not None:
         lines.append(f"assigned (callbacks): {sorted(intake.assignment())}")
-        try:
-            lines.append(f"assignment (librdkafka): {intake.consumer.assignment()}")
-        except Exception as exc:  # closed, or busy
-            lines.append(f"assignment: unavailable ({exc})")
+        # (not the consumer's own: a call from this thread waits for the intake's consume)
         lines.append(
             f"intake: alive={intake.alive} paused={intake._paused} "
             f"epoch={intake._epoch}/{intake._seen_epoch} handed={intake._handed} "
