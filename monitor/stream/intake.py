@@ -289,8 +289,6 @@ class Intake:
         dropped = self.release(gone, wait=not lost)
         with self._cond:
             self._assigned -= gone
-            for tp in gone:
-                self._targets.pop(tp, None)
             count = len(self._assigned)
         self.metrics.set_assigned_partitions(count)
         log.info(
@@ -346,6 +344,7 @@ class Intake:
             for tp in tps:
                 self._pending.pop(tp, None)
                 self._taken_next.pop(tp, None)
+                self._targets.pop(tp, None)  # never committed again by a retry
                 if not wait:
                     self._commits.pop(tp, None)
         if on_this_thread:
