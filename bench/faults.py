@@ -85,7 +85,7 @@ def tiny_detector(path: Path) -> Path:
 
 
 class Topics:
-    """Per-scenario topics, all deleted at the end."""
+    """Per-scenario topics, deleted at the end unless kept as the evidence of a loss."""
 
     def __init__(self, admin: AdminClient) -> None:
         self.admin = admin
@@ -109,6 +109,12 @@ class Topics:
             mode=mode,
             batch_size=batch,
         )
+
+    def keep(self, setup: Setup) -> list[str]:
+        """Leave a setup's topics in place (a scenario lost records: they show where)."""
+        kept = [setup.input_topic, setup.alert_topic, setup.dead_letter_topic]
+        self.made = [t for t in self.made if t not in kept]
+        return kept
 
     def cleanup(self) -> None:
         delete_topics(self.admin, self.made)
@@ -185,12 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     reports: list[FaultReport] = []
     started = time.monotonic()
 
-    def record(got: list[FaultReport], since: float) -> None:
+    def record(got: list[FaultReport], since: float, *setups: Setup) -> None:
         reports.extend(got)
-        for r in got:
+        for r, setup in zip(got, setups, strict=True):
             took = time.monotonic() - since
             print(f"{r.scenario} [{r.mode}]: {len(r.missing)} missing, {r.duplicated} "
                   f"duplicated ({took:.0f}s) {r.extra or ''}", flush=True)  # fmt: skip
+            if r.missing or r.unexpected or (r.mode == EOS and r.duplicated):
+                print(f"  missing {r.missing[:5]}, unexpected {r.unexpected[:5]}; topics "
+                      f"kept, group {setup.group}: {topics.keep(setup)}; worker logs under "
+                      f"{run_dir}", flush=True)  # fmt: skip
 
     # Streamed scenarios cycle through this pool with fresh ids, for as long as they run.
     pool = make_traffic(detector, tiny_instances(20_000, seed=3))
@@ -201,22 +211,28 @@ def main(argv: list[str] | None = None) -> int:
                 t0, setup = time.monotonic(), topics.setup(detector, mode, 4)
                 rng = random.Random(mode)
                 log_dir = run_dir / f"kill-{mode}"
-                record([kill_and_restart(setup, pool, kills, rng, log_dir, rate=rate)], t0)
+                record([kill_and_restart(setup, pool, kills, rng, log_dir, rate=rate)], t0, setup)
             if "survivor" not in skip:
                 t0, setup = time.monotonic(), topics.setup(detector, mode, 4)
                 log_dir = run_dir / f"survivor-{mode}"
-                record([survivor_takes_over(setup, pool, random.Random(mode), log_dir, rate)], t0)
+                record(
+                    [survivor_takes_over(setup, pool, random.Random(mode), log_dir, rate)],
+                    t0,
+                    setup,
+                )
             if "outage" not in skip:
                 t0, setup = time.monotonic(), topics.setup(detector, mode, 2)
                 small = make_traffic(detector, tiny_instances(4_000, seed=5))
-                record([alert_topic_outage(setup, small, topics.admin)], t0)
+                record([alert_topic_outage(setup, small, topics.admin)], t0, setup)
             if "poison" not in skip:
                 t0, setup = time.monotonic(), topics.setup(detector, mode, 2)
-                record([poison_flood(setup, copies=10)], t0)
+                record([poison_flood(setup, copies=10)], t0, setup)
         if "restart" not in skip:
             t0 = time.monotonic()
             setups = [topics.setup(detector, mode, 4) for mode in MODES]
-            record(broker_restart(setups, pool, local_kafka.restart, rate, after_s=10.0), t0)
+            record(
+                broker_restart(setups, pool, local_kafka.restart, rate, after_s=10.0), t0, *setups
+            )
         if "backlog" not in skip and backlog_n > 0:
             for mode in MODES:
                 setup = topics.setup(detector, mode, 4)
