@@ -163,3 +163,23 @@ def test_a_non_fatal_refusal_holds_the_commit_instead_of_stopping_the_worker() -
     assert checkpoint.commit(OFFSETS) is True  # produced again before the commit
     assert producer.produced == [b"r1"]
     assert host.committed == [[("in", 0, 10)]]
+
+
+def test_a_producer_that_acknowledges_nothing_for_three_flushes_is_replaced() -> None:
+    """After a broker restart an idempotent producer was seen neither delivering nor
+    failing its messages for good: the commit held for ever, retrying."""
+
+    class Silent(Producer):
+        def poll(self, timeout: float) -> int:
+            return 0  # no delivery report, ever
+
+        def flush(self, timeout: float) -> int:
+            return len(self._callbacks)
+
+    silent, fresh = Silent(), Producer()
+    checkpoint, host, publisher = checkpoint_with(silent, fresh)
+    checkpoint.flush_timeout = 0.01
+    checkpoint.publish(alert(1))
+    assert checkpoint.commit(OFFSETS) is False, "given back to be processed again"
+    assert publisher.producer is fresh and silent.purged
+    assert host.rewinds == 1 and not host.committed

@@ -12,8 +12,9 @@
    ``close()`` waits for commits in flight; outcomes reach the consumer's ``on_commit``.
 
 An idempotent producer that failed fatally (say, a sequence gap librdkafka cannot repair
-after a broker restart) takes no more messages: it is replaced by a new one and every
-batch not committed yet is given back, to be processed again (at-least-once allows the
+after a broker restart), or that stopped acknowledging anything for ``STUCK_FLUSHES``
+flushes in a row, takes no more messages: it is replaced by a new one and every batch
+not committed yet is given back, to be processed again (at-least-once allows the
 duplicate alerts this can make), instead of stopping the worker.
 
 ``TransactionalCheckpoint`` puts the batch's alerts, dead letters and input offsets in
@@ -125,6 +126,7 @@ class AtLeastOnceCheckpoint:
         self.backoff = Backoff()
         #: Why the producer cannot be used any more (a fatal error), until it is replaced.
         self.broken: str | None = None
+        self._stuck_flushes = 0  # flushes in a row that ended with messages pending
 
     def begin(self, offsets: BatchOffsets) -> None:
         """Nothing to open in this mode."""
@@ -142,8 +144,12 @@ class AtLeastOnceCheckpoint:
     def producer_failed(self, err: KafkaError) -> None:
         """The producer reported a fatal error (its ``error_cb``): the next commit
         replaces it."""
+        self.producer_failed_for(describe(err))
+
+    def producer_failed_for(self, why: str) -> None:
         if self.broken is None:
-            self.broken = describe(err)
+            self.broken = why
+            self._stuck_flushes = 0
 
     def publish(self, out: Outgoing) -> None:
         """Produce; a broken producer's batch is given back at its commit instead."""
@@ -166,10 +172,18 @@ class AtLeastOnceCheckpoint:
             failed = self.publisher.flush(self.flush_timeout)
         except DeliveryError as exc:
             log.warning("delivery still pending: %s", exc)
+            self._stuck_flushes += 1
+            if self._stuck_flushes >= STUCK_FLUSHES:
+                # Seen after a broker restart: an idempotent producer that neither
+                # delivers nor fails its messages, for good. A new one does.
+                self.producer_failed_for(
+                    f"messages unacknowledged for {self._stuck_flushes * self.flush_timeout:g}s"
+                )
             return []
         except KafkaException as exc:
             self.producer_failed(_error_of(exc))
             return []
+        self._stuck_flushes = 0
         for out, err in failed[:3]:
             log.warning("could not deliver %s to %s: %s", out.kind, out.topic, describe(err))
         return [out for out, _err in failed]
@@ -492,6 +506,9 @@ class TransactionalCheckpoint:
         ) from None
 
 
+#: At-least-once: flushes in a row (``flush_timeout`` each) that end with messages still
+#: unacknowledged before the producer counts as stuck and is replaced.
+STUCK_FLUSHES = 3
 SEND_OFFSETS_TIMEOUT_S = 10.0
 # After a broker restart librdkafka can also keep timing out on a coordinator that is
 # back (seen for minutes); a new producer finds it at once.
