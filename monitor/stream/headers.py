@@ -9,6 +9,7 @@ and Seldon's payload logger (``type``, ``requestid``, ``modelid``, ``inferencese
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -242,6 +243,12 @@ def decoder_facts(headers: Headers) -> tuple[ModelLabels | None, bool]:
     return facts
 
 
+#: Calls ``headers()`` through C, where CPython always checks a C function's result: the
+#: interpreter's specialised call of a warm ``message.headers()`` call site does not, and
+#: the failure then goes unnoticed (and the NULL name is read later).
+_read_headers = operator.methodcaller("headers")
+
+
 def guard_headers(messages: Iterable[Any]) -> None:
     """Replace the headers of messages whose headers the Kafka client cannot read.
 
@@ -254,7 +261,7 @@ def guard_headers(messages: Iterable[Any]) -> None:
     """
     for message in messages:
         try:
-            message.headers()
+            _read_headers(message)
         except Exception:
             message.set_headers(list(_UNREADABLE_HEADERS))
 
