@@ -30,3 +30,16 @@ def test_padding_changes_no_score_and_returns_one_per_row(
     np.testing.assert_allclose(scored.scores, alone[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(scored.classifier_class, alone[1])
     np.testing.assert_array_equal(scored.distilled_class, alone[2])
+
+
+def test_padding_keeps_logged_outputs_valid_and_their_scores(
+    saved_detector_dir: Path, tiny_data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The classifier's logged outputs are checked to be distributions: padding rows
+    must be too, or a batch of 5 rows scored with its outputs failed whole."""
+    handle = DetectorHandle(saved_detector_dir, 64)
+    x = np.ascontiguousarray(tiny_data[0][:5], dtype=np.float32)
+    y = np.asarray(handle.detector.model(x), dtype=np.float32)
+    scored = handle.score(x, y)
+    alone = handle.detector.score_classes(x, y, batch_size=64)
+    np.testing.assert_allclose(scored.scores, alone[0], rtol=1e-5, atol=1e-6)

@@ -181,8 +181,9 @@ class DetectorHandle:
         n = len(X)
         padded = padded_rows(n, self.batch_size)
         if padded != n:
-            X = _pad(X, padded)
-            outputs = None if outputs is None else _pad(outputs, padded)
+            X = _pad(X, padded, 0.0)
+            if outputs is not None:  # padded with a valid distribution: outputs are checked
+                outputs = _pad(outputs, padded, 1.0 / outputs.shape[1])
         scores, classifier_class, distilled_class = self.detector.score_classes(
             X, outputs, batch_size=self.batch_size, trusted=True
         )
@@ -201,8 +202,8 @@ class DetectorHandle:
         )
 
 
-def _pad(rows: np.ndarray, n: int) -> np.ndarray:
-    """``rows`` followed by zero rows up to ``n`` (their scores are dropped)."""
-    padded = np.zeros((n, *rows.shape[1:]), dtype=rows.dtype)
+def _pad(rows: np.ndarray, n: int, fill: float) -> np.ndarray:
+    """``rows`` followed by rows of ``fill`` up to ``n`` (their scores are dropped)."""
+    padded = np.full((n, *rows.shape[1:]), fill, dtype=rows.dtype)
     padded[: len(rows)] = rows
     return padded
