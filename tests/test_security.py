@@ -223,7 +223,6 @@ def child_environ(pid: int) -> dict[str, str]:
     return {name.decode(): value.decode(errors="replace") for name, _, value in pairs}
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 def test_the_decoding_child_inherits_no_kafka_settings_or_other_secrets(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
