@@ -11,6 +11,7 @@ from checkpoint_standins import NullMetrics
 from confluent_kafka import KafkaError, KafkaException
 
 from monitor.errors import FencedError
+from monitor.stream.alerts import Outgoing
 from monitor.stream.checkpoint import (
     SEND_OFFSETS_TIMEOUTS_STUCK,
     BatchOffsets,
@@ -124,3 +125,29 @@ def test_a_fenced_producer_still_stops_the_worker() -> None:
     with pytest.raises(FencedError, match="fenced"):
         checkpoint.abort(offsets)
     assert checkpoint.publisher.producer is broken, "a zombie must not fence the new owner"
+
+
+class FailingProduce(TxnProducer):
+    """A producer that fails fatally (not fenced) on its first message."""
+
+    def produce(self, *args: Any, **kwargs: Any) -> None:
+        self.calls.append("produce")
+        raise KafkaException(KafkaError(KafkaError._INCONSISTENT, "sequence gap", fatal=True))
+
+
+def test_a_batch_whose_producer_failed_fatally_while_producing_is_processed_again() -> None:
+    """The fatal error closes the transaction on the client's side; the batch's alerts
+    never reach subscribers, so its records must be processed again (before, the batch
+    was dropped and the next transaction committed offsets past it)."""
+    broken, fresh, host = FailingProduce(False), TxnProducer(False), Host()
+    checkpoint = checkpoint_with(broken, fresh, host)
+    offsets = BatchOffsets({("in", 0): 0}, {("in", 0): 10})
+    checkpoint.begin(offsets)
+    checkpoint.publish(Outgoing("alerts", b"{}", b"k", None, "alert"))
+    assert checkpoint.commit(offsets) is False
+    assert host.rewinds == 1, "the batch must be given back for re-processing"
+    assert "send_offsets" not in broken.calls
+
+    checkpoint.begin(offsets)  # the batch again, through a new producer
+    assert checkpoint.publisher.producer is fresh
+    assert checkpoint.commit(offsets) is True

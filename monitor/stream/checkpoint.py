@@ -297,6 +297,7 @@ class TransactionalCheckpoint:
         self.backoff = Backoff()
         self._open = False
         self._refused: KafkaError | None = None
+        self._broken: str | None = None  # why the producer failed fatally while producing
         self._stuck: list[Producer] = []  # kept alive: a thread is still inside each
 
     def init(self) -> None:
@@ -345,8 +346,10 @@ class TransactionalCheckpoint:
         try:
             self.publisher.produce(out)
         except KafkaException as exc:
-            with contextlib.suppress(_BrokenProducer):  # the abort replaces the producer
+            try:
                 self._raise_if_fatal(exc, "produce")
+            except _BrokenProducer as broken:
+                self._broken = str(broken)  # the abort replaces the producer
             self._refused = _error_of(exc)
             log.warning(
                 "producer refused a message (%s); the transaction will be aborted",
@@ -388,7 +391,15 @@ class TransactionalCheckpoint:
 
     def abort(self, offsets: BatchOffsets | None) -> None:
         """Abort the open transaction; with ``offsets``, rewind so the batch is re-processed."""
+        if self._broken is not None:
+            # A fatal error closed the transaction on our side: the new producer's
+            # ``init_transactions`` aborts it on the broker's.
+            why, self._broken = self._broken, None
+            self._replace_producer(offsets, why)
+            return
         if not self._open:
+            if offsets is not None:  # nothing to abort, but the batch did not commit
+                self.intake.rewind()
             return
         try:
             err = self._retrying(
