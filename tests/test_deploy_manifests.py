@@ -1,9 +1,10 @@
-"""Deployment files point at things that exist: compose, Dockerfile and k8s cross-references.
+"""Deployment files point at things that exist: compose and Dockerfile cross-references.
 
-No Docker engine or Kubernetes cluster runs here, so these static checks stand in for
-`docker compose up` and `kubectl apply`: mounted paths exist, the Prometheus files the
-stack mounts are the ones promtool tests, every ``DMON_*`` variable is accepted by the
-real configuration loader, and the metrics port agrees everywhere it is written down.
+Where no container engine runs these stand in for `docker compose up`: mounted paths exist,
+the Prometheus files the stack mounts are the ones promtool tests, every ``DMON_*``
+variable is accepted by the real configuration loader, and the metrics port agrees
+everywhere it is written down. The Kubernetes manifests have tests of their own
+(test_k8s_manifests.py).
 """
 
 from __future__ import annotations
@@ -19,29 +20,22 @@ from typing import Any
 
 import pytest
 import yaml
+from deploy_helpers import ROOT, dmon_env_is_known, load_env_config, load_yaml, make_detector_dir
 
 from monitor.cli import build_parser
-from monitor.config import KAFKA_ENV_PREFIX, OPTION_BY_NAME, WorkerConfig, is_secret, load_config
+from monitor.config import OPTION_BY_NAME
 
-ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-K8S = ROOT / "deploy" / "k8s"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
 DEMO_DETECTOR_MOUNT = "./.local/demo-detector"
-EXTRA_ENV = {"DMON_CONFIG", "DMON_LOG_LEVEL"}  # read outside OPTIONS (cli.py, load_config)
 EXPECTED_SERVICES = {"kafka", "topics", "monitor", "producer", "prometheus", "grafana"}
 
 
 # -- loading ---------------------------------------------------------------------------------
-def load_yaml(path: Path) -> Any:
-    assert path.is_file(), f"{path.relative_to(ROOT)} is missing"
-    return yaml.safe_load(path.read_text())
-
-
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     data = load_yaml(COMPOSE)
@@ -54,28 +48,9 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return compose["services"]
 
 
-@pytest.fixture(scope="module")
-def k8s() -> dict[str, dict[str, Any]]:
-    """Every k8s object by kind (one object per kind in these manifests)."""
-    objects: dict[str, dict[str, Any]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc is None:
-                continue
-            assert doc["kind"] not in objects, f"two {doc['kind']} objects"
-            objects[doc["kind"]] = doc
-    return objects
-
-
 @pytest.fixture
 def detector_dir(tmp_path: Path) -> Path:
-    """Stands in for the mounted detector: load_config only checks for a manifest."""
-    d = tmp_path / "detector"
-    d.mkdir()
-    (d / "manifest.json").write_text("{}")
-    return d
+    return make_detector_dir(tmp_path)
 
 
 def env_map(raw: Mapping[str, Any] | list[str] | None) -> dict[str, str]:
@@ -85,18 +60,6 @@ def env_map(raw: Mapping[str, Any] | list[str] | None) -> dict[str, str]:
     if isinstance(raw, list):
         return dict(item.split("=", 1) for item in raw)
     return {k: "" if v is None else str(v) for k, v in raw.items()}
-
-
-def dmon_env_is_known(name: str) -> bool:
-    options = {opt.env for opt in OPTION_BY_NAME.values()}
-    return name in options or name in EXTRA_ENV or name.startswith(KAFKA_ENV_PREFIX)
-
-
-def load_env_config(env: Mapping[str, str], detector: Path) -> WorkerConfig:
-    """What the worker would build from this environment, with the detector swapped in."""
-    dmon = {k: v for k, v in env.items() if k.startswith("DMON_")}
-    dmon["DMON_DETECTOR"] = str(detector)
-    return load_config(None, environ=dmon)
 
 
 def volumes_of(service: dict[str, Any]) -> Iterator[tuple[str, str, bool]]:
@@ -423,15 +386,6 @@ def test_dockerfile_is_multistage_on_slim_python_311() -> None:
     assert any(c.startswith("--from=build ") for c in copies)
 
 
-def test_dockerfile_runs_as_the_non_root_uid_the_k8s_manifest_expects(
-    k8s: dict[str, dict[str, Any]],
-) -> None:
-    uid = dockerfile_user_uid()
-    assert uid == 10001
-    pod_security = k8s["Deployment"]["spec"]["template"]["spec"]["securityContext"]
-    assert pod_security["runAsUser"] == uid
-
-
 def test_dockerfile_entrypoint_is_the_console_script_and_runs_the_worker() -> None:
     instructions = dict(dockerfile_instructions())
     assert json.loads(instructions["ENTRYPOINT"]) == ["distillation-monitor"]
@@ -484,162 +438,3 @@ def test_dockerignore_keeps_local_state_out_and_the_copied_sources_in() -> None:
         assert excluded in patterns
     for needed in ("pyproject.toml", "README.md", "monitor", "monitor/cli.py"):
         assert not any(fnmatch(needed, p) for p in patterns), needed
-
-
-# -- Kubernetes --------------------------------------------------------------------------------
-def pod_spec(k8s: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return k8s["Deployment"]["spec"]["template"]["spec"]
-
-
-def container(k8s: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    containers = pod_spec(k8s)["containers"]
-    assert len(containers) == 1
-    return containers[0]
-
-
-def k8s_env(k8s: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """The environment the worker sees: ConfigMap, then Secret, then explicit env."""
-    env: dict[str, str] = {}
-    env.update(k8s["ConfigMap"]["data"])
-    env.update(k8s["Secret"]["stringData"])
-    env.update({e["name"]: e["value"] for e in container(k8s).get("env", []) if "value" in e})
-    return env
-
-
-def resolve_port(k8s: dict[str, dict[str, Any]], port: int | str) -> int:
-    if isinstance(port, int):
-        return port
-    named = {p["name"]: p["containerPort"] for p in container(k8s)["ports"]}
-    assert port in named, f"no container port named {port}"
-    return int(named[port])
-
-
-def test_kustomization_lists_every_manifest_and_names_no_namespace() -> None:
-    kustomization = load_yaml(K8S / "kustomization.yaml")
-    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(kustomization["resources"]) == manifests
-    assert "namespace" not in kustomization
-    for name in manifests:
-        for doc in yaml.safe_load_all((K8S / name).read_text()):
-            assert "namespace" not in doc["metadata"], name
-
-
-def test_k8s_has_each_required_object(k8s: dict[str, dict[str, Any]]) -> None:
-    assert set(k8s) == {
-        "ConfigMap",
-        "Secret",
-        "PersistentVolumeClaim",
-        "Deployment",
-        "Service",
-        "PodMonitor",
-    }
-    assert k8s["PodMonitor"]["apiVersion"] == "monitoring.coreos.com/v1"
-    assert k8s["Deployment"]["spec"]["replicas"] >= 1
-
-
-def test_k8s_env_is_accepted_by_the_real_config_loader(
-    k8s: dict[str, dict[str, Any]], detector_dir: Path
-) -> None:
-    for source in (k8s["ConfigMap"]["data"], k8s["Secret"]["stringData"]):
-        assert all(isinstance(v, str) for v in source.values()), "k8s env values must be strings"
-    env = k8s_env(k8s)
-    unknown = sorted(k for k in env if k.startswith("DMON_") and not dmon_env_is_known(k))
-    assert unknown == []
-    config = load_env_config(env, detector_dir)
-    assert config.metrics_host == "0.0.0.0"
-    assert config.kafka["sasl.username"] == "change-me"
-    assert config.kafka["security.protocol"] == "SASL_SSL"
-
-
-def test_k8s_sasl_credentials_live_in_the_secret_only(k8s: dict[str, dict[str, Any]]) -> None:
-    assert set(k8s["Secret"]["stringData"]) == {
-        "DMON_KAFKA_SASL_USERNAME",
-        "DMON_KAFKA_SASL_PASSWORD",
-    }
-    assert not [k for k in k8s["ConfigMap"]["data"] if is_secret(k) or "SASL_USERNAME" in k]
-    refs = container(k8s)["envFrom"]
-    assert {"configMapRef": {"name": k8s["ConfigMap"]["metadata"]["name"]}} in refs
-    assert {"secretRef": {"name": k8s["Secret"]["metadata"]["name"]}} in refs
-
-
-def test_k8s_metrics_port_agrees_with_probes_service_and_podmonitor(
-    k8s: dict[str, dict[str, Any]], detector_dir: Path
-) -> None:
-    config = load_env_config(k8s_env(k8s), detector_dir)
-    c = container(k8s)
-    assert config.metrics_port == 9108
-    assert {p["containerPort"] for p in c["ports"]} == {config.metrics_port}
-    probes = {name: c[name]["httpGet"] for name in ("livenessProbe", "readinessProbe")}
-    assert probes["livenessProbe"]["path"] == "/healthz"
-    assert probes["readinessProbe"]["path"] == "/readyz"
-    if "startupProbe" in c:
-        probes["startupProbe"] = c["startupProbe"]["httpGet"]
-        assert probes["startupProbe"]["path"] == "/healthz"
-    for name, probe in probes.items():
-        assert resolve_port(k8s, probe["port"]) == config.metrics_port, name
-    service_ports = k8s["Service"]["spec"]["ports"]
-    assert [resolve_port(k8s, p["targetPort"]) for p in service_ports] == [config.metrics_port]
-    endpoints = k8s["PodMonitor"]["spec"]["podMetricsEndpoints"]
-    assert [resolve_port(k8s, e["port"]) for e in endpoints] == [config.metrics_port]
-    assert [e.get("path", "/metrics") for e in endpoints] == ["/metrics"]
-
-
-def test_k8s_selectors_match_the_pod_labels(k8s: dict[str, dict[str, Any]]) -> None:
-    labels = k8s["Deployment"]["spec"]["template"]["metadata"]["labels"]
-    selectors = {
-        "Deployment": k8s["Deployment"]["spec"]["selector"]["matchLabels"],
-        "Service": k8s["Service"]["spec"]["selector"],
-        "PodMonitor": k8s["PodMonitor"]["spec"]["selector"]["matchLabels"],
-    }
-    for kind, selector in selectors.items():
-        assert selector and selector.items() <= labels.items(), kind
-
-
-def test_k8s_grace_period_exceeds_the_worker_shutdown_bound(
-    k8s: dict[str, dict[str, Any]], detector_dir: Path
-) -> None:
-    config = load_env_config(k8s_env(k8s), detector_dir)
-    assert config.shutdown_timeout_s == 10.0
-    assert pod_spec(k8s)["terminationGracePeriodSeconds"] > config.shutdown_timeout_s
-
-
-def test_k8s_pod_is_non_root_with_a_read_only_root_and_a_writable_tmp(
-    k8s: dict[str, dict[str, Any]],
-) -> None:
-    spec, c = pod_spec(k8s), container(k8s)
-    assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["securityContext"]["runAsUser"] != 0
-    assert c["securityContext"]["readOnlyRootFilesystem"] is True
-    assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    volumes = {v["name"]: v for v in spec["volumes"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
-    keras_home = {e["name"]: e.get("value") for e in c.get("env", [])}["KERAS_HOME"]
-    assert PurePosixPath(keras_home).is_relative_to("/tmp")
-
-
-def test_k8s_detector_comes_read_only_from_the_claimed_volume(
-    k8s: dict[str, dict[str, Any]],
-) -> None:
-    spec, c = pod_spec(k8s), container(k8s)
-    detector_path = k8s["ConfigMap"]["data"]["DMON_DETECTOR"]
-    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == detector_path)
-    assert mount["readOnly"] is True
-    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
-    claim = volume["persistentVolumeClaim"]["claimName"]
-    assert claim == k8s["PersistentVolumeClaim"]["metadata"]["name"]
-
-
-def test_k8s_requests_and_limits_are_set(k8s: dict[str, dict[str, Any]]) -> None:
-    resources = container(k8s)["resources"]
-    for kind in ("requests", "limits"):
-        assert set(resources[kind]) == {"cpu", "memory"}, kind
-
-
-def test_k8s_readme_explains_scaling_and_a_stable_transactional_id() -> None:
-    text = (K8S / "README.md").read_text()
-    assert "partition" in text and "replicas" in text
-    assert "StatefulSet" in text
-    assert OPTION_BY_NAME["transactional_id"].env in text
-    assert "fieldPath: metadata.name" in text
