@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from monitor.cpus import available_cpus
 from monitor.stream.scoring import tensorflow_threads
 
 
@@ -20,4 +21,6 @@ def test_an_explicit_count_is_kept_whatever_the_cpus() -> None:
 
 
 def test_auto_reads_the_cpus_this_process_may_use() -> None:
-    assert tensorflow_threads(0) == max(1, len(os.sched_getaffinity(0)) - 1)
+    """Affinity capped by the CPU quota (test_cpu_quota.py)."""
+    assert tensorflow_threads(0) == max(1, available_cpus() - 1)
+    assert available_cpus() <= len(os.sched_getaffinity(0))

@@ -16,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any
 
+from monitor.cpus import available_cpus
+
 
 @contextlib.contextmanager
 def _stderr_captured() -> Iterator[None]:
@@ -44,8 +46,8 @@ def _stderr_captured() -> Iterator[None]:
 def start_tensorflow(intra_op_threads: int | None = None, inter_op_threads: int = 1) -> Any:
     """Import TensorFlow quietly, size its thread pools, and return the module.
 
-    Defaults suit small models on a few cores: intra-op threads = all cores, one
-    inter-op thread (the graphs are chains of ops; more inter-op threads oversubscribe).
+    Defaults suit small models on a few cores: intra-op threads = every CPU this process
+    may use (its container's CPU quota included), one inter-op thread (the graphs are chains of ops; more inter-op threads oversubscribe).
     Thread settings are ignored once TensorFlow has already started executing.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -54,7 +56,7 @@ def start_tensorflow(intra_op_threads: int | None = None, inter_op_threads: int 
 
         with contextlib.suppress(RuntimeError):  # already initialised: keep what is there
             tf.config.threading.set_intra_op_parallelism_threads(
-                intra_op_threads or os.cpu_count() or 1
+                intra_op_threads or available_cpus()
             )
             tf.config.threading.set_inter_op_parallelism_threads(inter_op_threads)
         tf.config.list_logical_devices("CPU")  # device set-up (and its CUDA probe) happens here

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from monitor.cpus import available_cpus
 from monitor.stream.alerts import DetectorIdentity
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def tensorflow_threads(requested: int, cpus: int | None = None) -> int:
     """Threads for TensorFlow's ops: ``requested``, or for 0 one fewer than the CPUs
-    this process may run on (at least 1).
+    this process may use, its affinity capped by its container's CPU quota (at least 1).
 
     The worker's other work, decoding in its child process, fetching and producing in
     librdkafka's threads, and often the broker, needs a core too: TensorFlow's default
@@ -34,8 +35,8 @@ def tensorflow_threads(requested: int, cpus: int | None = None) -> int:
     if requested > 0:
         return requested
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cpus or 1) - 1)
+        cpus = available_cpus()
+    return max(1, cpus - 1)
 
 
 def limit_tensorflow_threads(threads: int) -> None:
