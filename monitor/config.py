@@ -27,6 +27,7 @@ from monitor.errors import ConfigError
 ENV_PREFIX = "DMON_"
 KAFKA_ENV_PREFIX = "DMON_KAFKA_"
 RECORD_FORMATS = ("json", "v2", "v1", "seldon", "auto")
+START_POSITIONS = ("earliest", "latest")
 LOG_FORMATS = ("text", "json")
 
 # -- what may be logged: librdkafka keys are judged by their kind ------------------------
@@ -85,11 +86,19 @@ RESERVED_KAFKA_KEYS = frozenset(
         "transactional.id",
         "isolation.level",
         "enable.idempotence",
+        "auto.offset.reset",
         "on_delivery",
         "error_cb",
         "stats_cb",
     }
 )
+#: The worker's option that replaces a reserved key, named in the refusal.
+RESERVED_INSTEAD = {
+    "auto.offset.reset": "--start-from",
+    "group.id": "--group-id",
+    "transactional.id": "--transactional-id",
+    "isolation.level": "--exactly-once",
+}
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,16 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "distillation-monitor",
         "Consumer group; workers sharing it split the partitions.",
+    ),
+    Option(
+        "start_from",
+        str,
+        "earliest",
+        "Where a partition with no committed offset starts (a new --group-id, or offsets "
+        "expired): earliest scores every record the topic still holds, so records logged "
+        "before the first start are not skipped; latest scores only records produced from "
+        "then on. A group that committed resumes where it stopped either way.",
+        choices=START_POSITIONS,
     ),
     Option(
         "detector", str, "", "Detector directory (written by fit or demo-detector).", required=True
@@ -324,6 +343,7 @@ class WorkerConfig:
     dead_letter_topic: str = "distillation-dead-letters"
     drift_topic: str = ""
     group_id: str = "distillation-monitor"
+    start_from: str = "earliest"
     detector: str = ""
     max_batch_size: int = 2048
     max_batch_bytes: int = 16 * 1024 * 1024
@@ -379,7 +399,7 @@ class WorkerConfig:
             "group.id": self.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
+            "auto.offset.reset": self.start_from,
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
             "fetch.queue.backoff.ms": 10,
@@ -427,8 +447,9 @@ def is_secret(key: str) -> bool:
 
 
 # -- building ----------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per option. Defaults are None so that unset flags don't shadow env/TOML."""
+def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = None) -> None:
+    """Add one flag per option (``only``: these options). Defaults are None so that unset
+    flags don't shadow env/TOML."""
     parser.add_argument(
         "--config",
         metavar="FILE",
@@ -436,7 +457,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="TOML file with any of these options (dashed or underscored keys) and a [kafka] table. "
         "Env: DMON_CONFIG.",
     )
-    for opt in OPTIONS:
+    for opt in OPTIONS if only is None else [OPTION_BY_NAME[name] for name in only]:
         default_text = "" if opt.default in ("", None) else f" Default: {opt.default}."
         # argparse %-formats help text (for %(default)s): a literal % must be doubled.
         text = f"{opt.help}{default_text} Env: {opt.env}.".replace("%", "%%")
@@ -560,9 +581,15 @@ def _kafka_from_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def load_config(
-    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+    args: argparse.Namespace | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    need_detector: bool = True,
 ) -> WorkerConfig:
-    """Merge flags > environment > TOML > defaults into a validated ``WorkerConfig``."""
+    """Merge flags > environment > TOML > defaults into a validated ``WorkerConfig``.
+
+    ``need_detector=False`` is for commands that only talk to Kafka (``topics``): they
+    read the same file and variables as the worker, detector or not."""
     env = os.environ if environ is None else environ
     cli = vars(args) if args is not None else {}
     config_path = cli.get("config") or env.get(ENV_PREFIX + "CONFIG")
@@ -583,19 +610,21 @@ def load_config(
 
     reserved = sorted(RESERVED_KAFKA_KEYS.intersection(kafka))
     if reserved:
+        named = ", ".join(RESERVED_INSTEAD[k] for k in reserved if k in RESERVED_INSTEAD)
+        instead = named or "the worker's own options"
         raise ConfigError(
             f"librdkafka setting(s) {', '.join(reserved)} are managed by the worker; "
-            "use the worker's own options instead"
+            f"use {instead} instead"
         )
     config = WorkerConfig(kafka=dict(kafka), **values)
-    validate(config)
+    validate(config, need_detector=need_detector)
     return config
 
 
-def validate(config: WorkerConfig) -> None:
+def validate(config: WorkerConfig, *, need_detector: bool = True) -> None:
     """Checks that span several options, or need the file system; all before Kafka."""
     for opt in OPTIONS:
-        if opt.required and not getattr(config, opt.name):
+        if opt.required and need_detector and not getattr(config, opt.name):
             raise ConfigError(
                 f"{opt.flag} is required (or {opt.env}, or {opt.name} in the config file)"
             )
@@ -613,11 +642,8 @@ def validate(config: WorkerConfig) -> None:
         raise ConfigError(
             f"the input topic {config.input_topic!r} must differ from the alert, dead-letter and drift topics"
         )
-    detector = Path(config.detector)
-    if not detector.is_dir():
-        raise ConfigError(f"detector directory {config.detector} does not exist")
-    if not (detector / "manifest.json").is_file():
-        raise ConfigError(f"{config.detector} has no manifest.json: not a detector directory")
+    if need_detector:
+        _check_detector_dir(config.detector)
     try:
         bounds = config.score_bucket_bounds
     except ValueError:
@@ -630,6 +656,14 @@ def validate(config: WorkerConfig) -> None:
         raise ConfigError("--score-buckets must be strictly increasing numbers")
     if not 0.0 < config.drift_p_value < 1.0:
         raise ConfigError("--drift-p-value must be between 0 and 1")
+
+
+def _check_detector_dir(path: str) -> None:
+    detector = Path(path)
+    if not detector.is_dir():
+        raise ConfigError(f"detector directory {path} does not exist")
+    if not (detector / "manifest.json").is_file():
+        raise ConfigError(f"{path} has no manifest.json: not a detector directory")
 
 
 def with_overrides(config: WorkerConfig, **changes: Any) -> WorkerConfig:

@@ -67,3 +67,7 @@ class EvaluationError(MonitorError, ValueError):
 
 class DemoError(MonitorError):
     """The demo or its traffic generator cannot run (bad options, broker or topic trouble)."""
+
+
+class TopicError(MonitorError):
+    """The worker's topics cannot be created or described (broker unreachable, refused)."""

@@ -32,7 +32,12 @@ def ensure_topics(
     existing = metadata.topics
     partitions = len(existing[input_topic].partitions) if input_topic in existing else 1
     if input_topic not in existing:
-        log.warning("input topic %s does not exist yet; waiting for it", input_topic)
+        log.warning(
+            "input topic %s does not exist yet; waiting for it (create it, and the output "
+            "topics, with: distillation-monitor topics --input-topic %s --partitions N)",
+            input_topic,
+            input_topic,
+        )
     brokers = max(1, len(metadata.brokers))
     missing = sorted({t for t in outputs if t and t not in existing})
     if not missing:
