@@ -3,8 +3,8 @@
 A paced producer writes ``rate`` records/s for ``seconds`` to a fresh topic while one
 worker (at-least-once, default batch settings) runs. The alert topic is created with
 ``message.timestamp.type=LogAppendTime``, so each alert carries the time the broker
-appended it; the alert's ``source.timestamp_ms`` is the input record's producer
-timestamp. Their difference, per alert, is the latency measured (the producer sees the
+appended it; the alert's ``source.timestamp`` is the input record's producer
+timestamp (RFC 3339, milliseconds). Their difference, per alert, is the latency measured (the producer sees the
 acknowledgement a network round trip later; on loopback that is well under a
 millisecond). The worker's own end-to-end histogram (every record, to its batch commit)
 is read from /metrics before it stops, as a second view.
@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,11 @@ class LatencyRun:
     histogram_p99_ms: float | None
     peak_rss_mb: float
     topics: list[str] = field(default_factory=list)
+
+
+def _epoch_ms(stamp: str) -> float:
+    """Milliseconds since the epoch of an alert's RFC 3339 time."""
+    return datetime.fromisoformat(stamp).timestamp() * 1000.0
 
 
 def _free_port() -> int:
@@ -146,7 +152,7 @@ def steady_latency(
         watcher.close()
     latencies = np.asarray(
         [
-            ts - orjson.loads(v)["source"]["timestamp_ms"]
+            ts - _epoch_ms(orjson.loads(v)["source"]["timestamp"])
             for v, ts in read_all(alerts, list(range(partitions)), bootstrap)
         ],
         dtype=np.float64,

@@ -7,13 +7,16 @@ all generated from that list, so they cannot drift apart.
 
 librdkafka settings pass through untouched: ``--kafka-option KEY=VALUE`` (repeatable), a
 ``[kafka]`` table in the file, or ``DMON_KAFKA_<KEY>`` with dots written as underscores
-(``DMON_KAFKA_SASL_PASSWORD`` -> ``sasl.password``). Secrets never reach the logs:
+(``DMON_KAFKA_SASL_PASSWORD`` -> ``sasl.password``), each only to the clients it applies
+to (``kafka_properties``). Every client logs through Python logging
+(``monitor.kafka.<client>``), never straight to stderr. Secrets never reach the logs:
 ``WorkerConfig.redacted()`` is what gets printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 import tomllib
@@ -23,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from monitor.errors import ConfigError
+from monitor.kafka_properties import Client, for_client
 
 ENV_PREFIX = "DMON_"
 KAFKA_ENV_PREFIX = "DMON_KAFKA_"
 RECORD_FORMATS = ("json", "v2", "v1", "seldon", "auto")
 START_POSITIONS = ("earliest", "latest")
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 # -- what may be logged: librdkafka keys are judged by their kind ------------------------
 #: Key families that carry credentials (SASL logins, OAuth and Kerberos settings, TLS
@@ -112,6 +117,8 @@ class Option:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     required: bool = False
+    #: Matched against ``choices`` in upper case (``--log-level debug`` works).
+    upper: bool = False
 
     @property
     def flag(self) -> str:
@@ -135,8 +142,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "drift_topic",
         str,
-        "",
-        "Topic for harmful-drift events (default: the alert topic).",
+        "distillation-drift",
+        "Topic harmful-drift events are published to (created when --drift-window is on).",
     ),
     Option(
         "group_id",
@@ -327,7 +334,22 @@ OPTIONS: tuple[Option, ...] = (
         False,
         "Also reload the detector when its manifest changes on disk (SIGHUP always reloads).",
     ),
-    Option("log_format", str, "text", "Log lines as text or json.", choices=LOG_FORMATS),
+    Option(
+        "log_level",
+        str,
+        "INFO",
+        "Least severe log lines shown: DEBUG, INFO, WARNING or ERROR (any case).",
+        choices=LOG_LEVELS,
+        upper=True,
+    ),
+    Option(
+        "log_format",
+        str,
+        "text",
+        "Log lines as text, or json: one object per line with the fields of each event "
+        "(topic, partition, offsets, counts, durations).",
+        choices=LOG_FORMATS,
+    ),
 )
 
 OPTION_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -341,7 +363,7 @@ class WorkerConfig:
     input_topic: str = "inference-records"
     alert_topic: str = "distillation-alerts"
     dead_letter_topic: str = "distillation-dead-letters"
-    drift_topic: str = ""
+    drift_topic: str = "distillation-drift"
     group_id: str = "distillation-monitor"
     start_from: str = "earliest"
     detector: str = ""
@@ -370,12 +392,17 @@ class WorkerConfig:
     stats_interval_ms: int = 5000
     reload_on_change: bool = False
     log_format: str = "text"
+    log_level: str = "INFO"
     kafka: Mapping[str, str] = field(default_factory=dict)
 
     # -- derived values ----------------------------------------------------------------
     @property
-    def effective_drift_topic(self) -> str:
-        return self.drift_topic or self.alert_topic
+    def output_topics(self) -> list[str]:
+        """The topics the worker writes; the drift topic only while drift is tested."""
+        topics = [self.alert_topic, self.dead_letter_topic]
+        if self.drift_window > 0 and self.drift_topic not in topics:
+            topics.append(self.drift_topic)
+        return topics
 
     @property
     def effective_transactional_id(self) -> str:
@@ -388,9 +415,14 @@ class WorkerConfig:
         return [float(b) for b in self.score_buckets.split(",") if b.strip()]
 
     # -- librdkafka dictionaries -------------------------------------------------------
-    def _common_kafka(self) -> dict[str, Any]:
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
-        conf.update(self.kafka)
+    def _common_kafka(self, client: Client) -> dict[str, Any]:
+        """Bootstrap servers, the user's settings that apply to ``client``, and the logger
+        librdkafka's lines go to."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "logger": logging.getLogger(f"monitor.kafka.{client}"),
+        }
+        conf.update(for_client(client, self.kafka))
         return conf
 
     def consumer_conf(self) -> dict[str, Any]:
@@ -406,7 +438,7 @@ class WorkerConfig:
             "queued.max.messages.kbytes": 65536,
             "statistics.interval.ms": self.stats_interval_ms,
         }
-        conf.update(self._common_kafka())
+        conf.update(self._common_kafka("consumer"))
         return conf
 
     def producer_conf(self) -> dict[str, Any]:
@@ -419,11 +451,11 @@ class WorkerConfig:
         }
         if self.exactly_once:
             conf["transactional.id"] = self.effective_transactional_id
-        conf.update(self._common_kafka())
+        conf.update(self._common_kafka("producer"))
         return conf
 
     def admin_conf(self) -> dict[str, Any]:
-        return self._common_kafka()
+        return self._common_kafka("admin")
 
     def redacted(self) -> dict[str, Any]:
         """The configuration as it may be logged: secrets replaced by ``***``."""
@@ -473,10 +505,13 @@ def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = 
             parser.add_argument(
                 opt.flag,
                 dest=opt.name,
-                default=None,
+                # --log-level is also accepted before the command: left unset here, a
+                # missing one does not hide that value
+                default=argparse.SUPPRESS if opt.name == "log_level" else None,
                 metavar=opt.name.split("_")[-1].upper(),
                 choices=opt.choices,
                 help=text,
+                type=str.upper if opt.upper else str,
             )
     parser.add_argument(
         "--kafka-option",
@@ -514,7 +549,7 @@ def _coerce(opt: Option, raw: Any, source: str) -> Any:
         else:
             if not isinstance(raw, str | int | float):
                 raise ValueError(f"expected a string, got {type(raw).__name__}")
-            value = str(raw)
+            value = str(raw).upper() if opt.upper else str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid {where}: {exc}") from None
     if opt.choices is not None and value not in opt.choices:
@@ -635,6 +670,7 @@ def validate(config: WorkerConfig, *, need_detector: bool = True) -> None:
         "alert": config.alert_topic,
         "dead-letter": config.dead_letter_topic,
     }
+        "drift": config.drift_topic,
     for role, topic in topics.items():
         if not topic.strip():
             raise ConfigError(f"the {role} topic must not be empty")
@@ -667,6 +703,18 @@ def _check_detector_dir(path: str) -> None:
 
 
 def with_overrides(config: WorkerConfig, **changes: Any) -> WorkerConfig:
+def early_log_level(cli_value: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """The log level every command starts with: the flag, else ``DMON_LOG_LEVEL``, else
+    INFO (``run`` and the commands with ``--config`` then apply the file's too)."""
+    opt = OPTION_BY_NAME["log_level"]
+    env = os.environ if environ is None else environ
+    if cli_value is not None:
+        return str(_coerce(opt, cli_value, "command line"))
+    if opt.env in env:
+        return str(_coerce(opt, env[opt.env], f"environment {opt.env}"))
+    return str(opt.default)
+
+
     """A copy with some fields changed (tests and the demo use it)."""
     return replace(config, **changes)
 

@@ -18,6 +18,7 @@ import kafka as local_kafka  # deploy/local/kafka.py, on pytest's pythonpath
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+from contract import check_if_ours
 
 from monitor.errors import LocalKafkaError
 
@@ -37,11 +38,14 @@ class Consumed(NamedTuple):
 
 
 def _detach(msg: Message) -> Consumed:
+    """The record, detached; an alert or drift event is validated against the contract
+    on the way (``contract.check_if_ours``), so every test reading one checks it."""
     topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
     assert topic is not None and partition is not None and offset is not None
     raw = msg.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw
     headers = [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
+    check_if_ours(headers, msg.value())
     return Consumed(topic, partition, offset, msg.key(), msg.value(), headers)
 
 

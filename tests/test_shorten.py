@@ -7,8 +7,15 @@ from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, Message
+from contract import check_outgoing
 
-from monitor.stream.alerts import dead_letter_headers
+from monitor.stream.alerts import (
+    DetectorIdentity,
+    alert_payload,
+    dead_letter_headers,
+    source_fields,
+)
+from monitor.stream.events import ALERT_TYPE, alert_id, ce_headers, rfc3339, source_of
 from monitor.stream.publisher import Outgoing, OutputLimits, Publisher
 from monitor.stream.shorten import (
     MAX_HEADER_BYTES,
@@ -82,10 +89,27 @@ def test_an_original_header_named_like_ours_stays_an_original_header() -> None:
     assert reasons == [b"from a replay", b"invalid_json"]
 
 
-def test_a_shortened_alert_drops_its_context_and_says_why() -> None:
-    body = orjson.dumps({"id": "r1", "score": 3.0, "context": {"note": "n" * 5000}})
-    short = shortened(Outgoing("alerts", body, b"r1", None, "alert"), 2048)
-    payload = orjson.loads(short.value)
+def test_a_shortened_alert_drops_its_context_says_why_and_keeps_its_contract() -> None:
+    body = alert_payload(
+        record_id="r1",
+        score=3.0,
+        detector=DetectorIdentity("d", "1", "kld", 1.0, "h" * 16, 0.1),
+        classifier_class=1,
+        distilled_class=2,
+        source=source_fields("in", 0, 7, 0, None),
+        scored_at=rfc3339(0),
+        context={"note": "n" * 5000},
+        model=None,
+    )
+    headers = ce_headers(
+        event_type=ALERT_TYPE,
+        event_id=alert_id("in", 0, 7, 0),
+        source=source_of("g"),
+        at=rfc3339(0),
+        subject="r1",
+    )
+    short = shortened(Outgoing("alerts", body, b"r1", headers, "alert"), 2048)
+    payload = check_outgoing(short)
     assert payload["id"] == "r1" and payload["score"] == 3.0
     assert "2048-byte limit" in payload["context"]["_shortened"]
 

@@ -60,12 +60,21 @@ def test_a_window_of_far_off_records_publishes_one_drift_event_per_drifted_windo
     with running_worker(cfg) as worker:
         wait_until(lambda: worker.summary.consumed >= 200, 60, "both windows processed")
         metrics = scrape(worker.metrics_port or 0)
+        flagged = worker.summary.flagged
     events = consume_messages(kafka_bootstrap, drift, 1, timeout=30)
     later = consume_messages(kafka_bootstrap, drift, 2, timeout=3, strict=False)
     assert len(later) == 1, "only the far-off window drifts; the clean one does not"
-    body = orjson.loads(events[0].value)
-    assert body["event"] == "harmful_drift"
+    body = orjson.loads(events[0].value)  # its headers and schema checked on the way
+    headers = dict(events[0].headers)
+    assert headers["ce_type"] == b"distillation-monitor.drift.v2"
     assert body["p_value"] < 0.001 and body["window"] == 100
+    # named after the record whose score completed the window: the last far-off one
+    assert body["source"]["offset"] == 199 and body["source"]["topic"] == inp
+    assert headers["ce_id"] == f"drift/{inp}/0/199/0".encode()
+    assert events[0].key == inp.encode()
+    on_alerts = consume_messages(kafka_bootstrap, alerts, flagged, timeout=30)
+    assert flagged > 0, "the far-off rows are flagged too"
+    assert {dict(m.headers)["ce_type"] for m in on_alerts} == {b"distillation-monitor.alert.v2"}
     assert metric_sum(metrics, P + "drift_events_total") == 1
     assert metric_sum(metrics, P + "drift_detected") == 1
     assert metric_sum(metrics, P + "drift_p_value") < 0.001

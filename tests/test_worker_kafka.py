@@ -121,7 +121,7 @@ def test_worker_alerts_exactly_the_records_above_threshold_and_dead_letters_the_
     assert len(got) == len(traffic["flagged"]) and len(extra) <= 1
     for rid, body in bodies.items():
         assert body["score"] == pytest.approx(traffic["flagged"][rid], rel=1e-4, abs=1e-6)
-        assert body["threshold"] == pytest.approx(traffic["detector"].threshold)
+        assert body["detector"]["threshold"] == pytest.approx(traffic["detector"].threshold)
         assert body["context"] == {"user": "u1"}
         assert body["source"]["topic"] == inp
     assert {m.key for m in got} == {rid.encode() for rid in traffic["flagged"]}

@@ -44,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from monitor.logs import setup_logging
 
     config = load_config(args)
-    setup_logging(args.log_level, config.log_format)
-    logging.getLogger("monitor.worker").info("configuration: %s", config.redacted())
+    setup_logging(config.log_level, config.log_format)
+    logging.getLogger("monitor.worker").info(
+        "configuration: %s", config.redacted(), extra={"event": "configuration"}
+    )
 
     from monitor.stream.worker import Worker
 
-    Worker(config).run(max_records=args.max_records)
+    Worker(config, started=getattr(args, "started", None)).run(max_records=args.max_records)
     return 0

@@ -1,13 +1,16 @@
 """What the worker writes: alert, drift-event and dead-letter payloads (pure, no Kafka).
 
 Alerts are JSON, one per flagged instance, so any subscriber can act on them without
-our code. Dead letters carry the original bytes unchanged; why and where they came from
-travels in headers, so the original record can be replayed as it was.
+our code; their layout is ``monitor/schemas/alert.v2.schema.json`` (drift events:
+``drift.v2.schema.json``), and every field says something (no constant flags, no copies
+of the detector's threshold outside ``detector``). Times are RFC 3339 strings
+(``events.rfc3339``), as in the CloudEvents headers. Dead letters carry the original
+bytes unchanged; why and where they came from travels in headers, so the original record
+can be replayed as it was.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -15,10 +18,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from monitor.stream.events import ALERT_SCHEMA, DRIFT_SCHEMA
 from monitor.stream.headers import Headers, HeaderValue
 
-ALERT_SCHEMA = "distillation-monitor/alert/v1"
-DRIFT_SCHEMA = "distillation-monitor/drift/v1"
 DEAD_LETTER_PREFIX = "dmon."
 
 #: Headers as the worker writes them: a list of pairs, in order.
@@ -72,32 +74,21 @@ def alert_payload(
     detector: DetectorIdentity,
     classifier_class: int,
     distilled_class: int,
-    source_topic: str | None,
-    source_partition: int | None,
-    source_offset: int | None,
-    source_timestamp_ms: int | None,
-    row: int,
+    source: dict[str, Any],
+    scored_at: str,
     context: dict[str, Any],
     model: dict[str, str] | None,
-    scored_at: float | None = None,
 ) -> bytes:
+    """``source`` is ``source_fields(...)``; ``scored_at`` an ``events.rfc3339`` time."""
     body: dict[str, Any] = {
         "schema": ALERT_SCHEMA,
         "id": record_id,
         "score": score,
-        "threshold": detector.threshold,
-        "is_adversarial": True,
         "detector": detector.fields,
         "classifier_class": classifier_class,
         "distilled_class": distilled_class,
-        "source": {
-            "topic": source_topic,
-            "partition": source_partition,
-            "offset": source_offset,
-            "timestamp_ms": source_timestamp_ms,
-            "row": row,
-        },
-        "scored_at": time.time() if scored_at is None else scored_at,
+        "source": source,
+        "scored_at": scored_at,
         "context": context,
     }
     if model:
@@ -105,28 +96,42 @@ def alert_payload(
     return orjson.dumps(body)
 
 
+def source_fields(
+    topic: str, partition: int, offset: int, row: int, timestamp: str | None
+) -> dict[str, Any]:
+    """Where a record is, and which of its rows: the ``source`` of alerts and drift events."""
+    return {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "row": row,
+        "timestamp": timestamp,
+    }
+
+
 def drift_payload(
     *,
     detector: DetectorIdentity,
+    source: dict[str, Any],
     p_value: float,
     statistic: float,
     window: int,
     reference_size: int,
-    source_topic: str,
     threshold_p_value: float,
+    detected_at: str,
 ) -> bytes:
+    """``source`` is the record whose score completed the window."""
     return orjson.dumps(
         {
             "schema": DRIFT_SCHEMA,
-            "event": "harmful_drift",
-            "p_value": p_value,
-            "statistic": statistic,
-            "p_value_threshold": threshold_p_value,
+            "detector": detector.fields,
+            "source": source,
             "window": window,
             "reference_size": reference_size,
-            "detector": detector.as_dict(),
-            "source_topic": source_topic,
-            "detected_at": time.time(),
+            "statistic": statistic,
+            "p_value": p_value,
+            "p_value_threshold": threshold_p_value,
+            "detected_at": detected_at,
         }
     )
 

@@ -20,14 +20,23 @@ class DriftResult:
     statistic: float
     drifted: bool
     window: int
+    #: Index, in the scores given to ``DriftWindow.add``, of the score that completed the
+    #: window: the drift event names that row's record (its id is made from it).
+    last: int = -1
 
 
-def ks_drift(reference: np.ndarray, window: np.ndarray, p_value: float) -> DriftResult:
+def ks_drift(
+    reference: np.ndarray, window: np.ndarray, p_value: float, last: int = -1
+) -> DriftResult:
     """Test one window of scores against the reference scores."""
     result = ks_2samp(reference, window, alternative="two-sided", method="auto")
     p = float(result.pvalue)
     return DriftResult(
-        p_value=p, statistic=float(result.statistic), drifted=p < p_value, window=len(window)
+        p_value=p,
+        statistic=float(result.statistic),
+        drifted=p < p_value,
+        window=len(window),
+        last=last,
     )
 
 
@@ -59,6 +68,6 @@ class DriftWindow:
             self._filled += take
             start += take
             if self._filled == self.size:
-                results.append(ks_drift(self.reference, self._buffer, self.p_value))
+                results.append(ks_drift(self.reference, self._buffer, self.p_value, start - 1))
                 self._filled = 0
         return results

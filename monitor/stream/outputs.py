@@ -1,19 +1,32 @@
-"""A processed batch's outgoing messages: alerts and dead letters (pure, no Kafka client).
+"""A processed batch's outgoing messages: alerts, drift events and dead letters (pure, no
+Kafka client).
 
-The worker publishes what these return; payload layouts live in ``alerts``. Alerts are
-made from what the decoder read of each message (``DecodedBatch.ids``, ``contexts``,
-``model_labels``), so no message is parsed twice, and keys are bounded
-(``shorten.bounded_key``) so an alert never repeats an attacker-sized key.
+The worker publishes what these return; payload layouts live in ``alerts``, CloudEvents
+headers in ``events``. Alerts are made from what the decoder read of each message
+(``DecodedBatch.ids``, ``contexts``, ``model_labels``), so no message is parsed twice,
+and keys are bounded (``shorten.bounded_key``) so an alert never repeats an
+attacker-sized key. Alerts and drift events carry CloudEvents headers whose ``ce_id``
+comes from the input record's coordinates; dead letters keep the record's own headers.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
 from confluent_kafka import Message
 
-from monitor.stream.alerts import Outgoing, alert_payload, dead_letter_headers
+from monitor.stream import events
+from monitor.stream.alerts import (
+    DetectorIdentity,
+    Outgoing,
+    alert_payload,
+    dead_letter_headers,
+    drift_payload,
+    source_fields,
+)
+from monitor.stream.drift import DriftResult
 from monitor.stream.records import DecodedBatch
 from monitor.stream.scoring import BatchScores
 from monitor.stream.shorten import bounded_key
@@ -39,41 +52,109 @@ def dead_letter(message: Message, reason: str, detail: str, topic: str) -> Outgo
 
 
 def alerts(
-    messages: Sequence[Message], decoded: DecodedBatch, scores: BatchScores, topic: str
+    messages: Sequence[Message],
+    decoded: DecodedBatch,
+    scores: BatchScores,
+    topic: str,
+    ce_source: str,
+    now: float | None = None,
 ) -> list[Outgoing]:
     """One alert per flagged row, in row order, from what the decoder read of each
-    message (id, context, model): nothing is parsed again."""
+    message (id, context, model): nothing is parsed again. The batch was scored at
+    ``now`` (default: the current time)."""
     flagged = np.flatnonzero(scores.flagged)
     if not flagged.size:
         return []
+    scored_at = events.rfc3339(time.time() if now is None else now)
     per_message = np.bincount(decoded.row_message, minlength=len(messages))
     out: list[Outgoing] = []
     for row in flagged.tolist():
         index = int(decoded.row_message[row])
         message = messages[index]
         row_in_message = int(decoded.row_in_message[row])
+        topic_in, partition, offset = _coordinates(message)
         base = decoded.ids[index] if index < len(decoded.ids) else None
         if base is None:
-            base = f"{message.topic()}/{message.partition()}/{message.offset()}"
+            base = f"{topic_in}/{partition}/{offset}"
         record_id = f"{base}#{row_in_message}" if per_message[index] > 1 else base
         labels = decoded.model_labels[index] if index < len(decoded.model_labels) else None
-        ts_type, ts = message.timestamp()
         payload = alert_payload(
             record_id=record_id,
             score=float(scores.scores[row]),
             detector=scores.detector,
             classifier_class=int(scores.classifier_class[row]),
             distilled_class=int(scores.distilled_class[row]),
-            source_topic=message.topic(),
-            source_partition=message.partition(),
-            source_offset=message.offset(),
-            source_timestamp_ms=ts if ts_type else None,
-            row=row_in_message,
+            source=source_fields(topic_in, partition, offset, row_in_message, _timestamp(message)),
+            scored_at=scored_at,
             context=decoded.contexts.get(index, {}),
             model=labels.as_dict() if labels is not None else None,
         )
+        headers = events.ce_headers(
+            event_type=events.ALERT_TYPE,
+            event_id=events.alert_id(topic_in, partition, offset, row_in_message),
+            source=ce_source,
+            at=scored_at,
+            subject=record_id,
+        )
         key = message.key()
         out.append(
-            Outgoing(topic, payload, bounded_key(key) if key else record_id.encode(), None, "alert")
+            Outgoing(
+                topic, payload, bounded_key(key) if key else record_id.encode(), headers, "alert"
+            )
         )
     return out
+
+
+def drift_events(
+    results: Sequence[DriftResult],
+    messages: Sequence[Message],
+    decoded: DecodedBatch,
+    *,
+    detector: DetectorIdentity,
+    topic: str,
+    ce_source: str,
+    reference_size: int,
+    p_value: float,
+    now: float | None = None,
+) -> list[Outgoing]:
+    """An event for each drifted window of the batch, named after the record whose score
+    completed it (``DriftResult.last``, a row of ``decoded``); keyed by the input topic,
+    so one input's drift events stay in order on one partition."""
+    out: list[Outgoing] = []
+    for result in results:
+        if not result.drifted:
+            continue
+        detected_at = events.rfc3339(time.time() if now is None else now)
+        index = int(decoded.row_message[result.last])
+        row = int(decoded.row_in_message[result.last])
+        message = messages[index]
+        topic_in, partition, offset = _coordinates(message)
+        payload = drift_payload(
+            detector=detector,
+            source=source_fields(topic_in, partition, offset, row, _timestamp(message)),
+            p_value=result.p_value,
+            statistic=result.statistic,
+            window=result.window,
+            reference_size=reference_size,
+            threshold_p_value=p_value,
+            detected_at=detected_at,
+        )
+        headers = events.ce_headers(
+            event_type=events.DRIFT_TYPE,
+            event_id=events.drift_id(topic_in, partition, offset, row),
+            source=ce_source,
+            at=detected_at,
+            subject=topic_in,
+        )
+        out.append(Outgoing(topic, payload, topic_in.encode(), headers, "drift"))
+    return out
+
+
+def _coordinates(message: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed message (always set on one)."""
+    return message.topic() or "", message.partition() or 0, message.offset() or 0
+
+
+def _timestamp(message: Message) -> str | None:
+    ts_type, ts = message.timestamp()
+    return events.rfc3339(ts / 1000.0) if ts_type else None

@@ -108,12 +108,20 @@ class Publisher:
         shorter = shortened(out, limit)
         if shorter is out or size_of(shorter.value, shorter.key, shorter.headers) > limit:
             return out
+        size = size_of(out.value, out.key, out.headers)
         log.warning(
             "%s for %s shortened: %d bytes, over the topic's limit of %d",
             out.kind,
             out.topic,
-            size_of(out.value, out.key, out.headers),
+            size,
             limit,
+            extra={
+                "event": "shortened",
+                "kind": out.kind,
+                "topic": out.topic,
+                "bytes": size,
+                "limit": limit,
+            },
         )
         if self._on_shortened is not None:
             self._on_shortened(out.kind)

@@ -41,6 +41,7 @@ def ensure_topics(
     brokers = max(1, len(metadata.brokers))
     missing = sorted({t for t in outputs if t and t not in existing})
     if not missing:
+        admin.poll(0)  # serves librdkafka's log lines to Python logging
         return
     new = [
         NewTopic(t, num_partitions=partitions, replication_factor=min(3, brokers)) for t in missing
@@ -48,12 +49,18 @@ def ensure_topics(
     for topic, future in admin.create_topics(new, operation_timeout=timeout).items():
         try:
             future.result()
-            log.info("created output topic %s (%d partitions)", topic, partitions)
+            log.info(
+                "created output topic %s (%d partitions)",
+                topic,
+                partitions,
+                extra={"event": "topic_created", "topic": topic, "partitions": partitions},
+            )
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
             log.warning("could not create output topic %s: %s", topic, err)
+    admin.poll(0)
 
 
 def message_limits(
@@ -81,4 +88,5 @@ def message_limits(
                 resource.name,
                 exc.args[0] if exc.args else exc,
             )
+    admin.poll(0)  # serves librdkafka's log lines to Python logging
     return limits

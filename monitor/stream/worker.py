@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from monitor.config import WorkerConfig
 from monitor.http import HealthServer
 from monitor.metrics import WorkerMetrics
-from monitor.stream.alerts import Outgoing, drift_payload
+from monitor.stream.alerts import Outgoing
 from monitor.stream.batcher import Batcher
 from monitor.stream.checkpoint import (
     FENCING_ERRORS,
@@ -37,9 +37,10 @@ from monitor.stream.checkpoint import (
 )
 from monitor.stream.decode_process import decoding
 from monitor.stream.drift import DriftResult, DriftWindow
+from monitor.stream.events import source_of
 from monitor.stream.headers import Headers, header_bytes
 from monitor.stream.intake import Intake, Prepared
-from monitor.stream.outputs import alerts, dead_letter
+from monitor.stream.outputs import alerts, dead_letter, drift_events
 from monitor.stream.publisher import OutputLimits, Publisher, describe
 from monitor.stream.records import DecodedBatch, InputSpec, Reason, RecordFormat
 from monitor.stream.scoring import BatchScores, DetectorHandle, limit_tensorflow_threads
@@ -97,8 +98,12 @@ class Worker:
         config: WorkerConfig,
         registry: CollectorRegistry | None = None,
         handle_signals: bool = True,
+        started: float | None = None,
     ) -> None:
+        """``started``: when the process began (``time.monotonic()``), for the one log
+        line that says how long the worker took to become ready; default: now."""
         self.config = config
+        self.ce_source = source_of(config.group_id)
         self.registry = registry if registry is not None else CollectorRegistry()
         self.handle_signals = handle_signals
         self.summary = RunSummary()
@@ -109,6 +114,8 @@ class Worker:
         self._last_loop = time.monotonic()
         self._producer_sizes: dict[str, object] = {}
         self._started = time.monotonic()
+        self._began = self._started if started is None else started
+        self._ready_logged = False
         self._last_summary = time.monotonic()
         self._summary_base = RunSummary()
 
@@ -135,6 +142,8 @@ class Worker:
                     self._process(prepared)
                 else:
                     self.settler.settle()
+                if not self._ready_logged:
+                    self._maybe_log_ready()
                 self._maybe_log_summary()
                 if max_records is not None and self.summary.consumed >= max_records:
                     break
@@ -166,10 +175,10 @@ class Worker:
                 )
                 dead_reasons.append(SCORING_ERROR)
         elif scores is not None:
-            for out in alerts(messages, decoded, scores, cfg.alert_topic):
+            for out in alerts(messages, decoded, scores, cfg.alert_topic, self.ce_source):
                 publish(out)
         drift = [] if scores is None or self.drift is None else self.drift.add(scores.scores)
-        for out in self._drift_events(drift):
+        for out in self._drift_events(drift, batch):
             publish(out)
         outcome = Outcome(len(messages), decoded, scores, drift, dead_reasons, batch.times)
         self.settler.add(Processed(batch.offsets, self.publisher.next_batch(), started, outcome))
@@ -186,30 +195,34 @@ class Worker:
             log.exception("scoring failed for a batch of %d rows", len(decoded.X))
             return ScoringFailed(f"scoring failed: {exc}")
 
-    def _drift_events(self, results: list[DriftResult]) -> list[Outgoing]:
+    def _drift_events(self, results: list[DriftResult], batch: Prepared) -> list[Outgoing]:
         """An event for each drifted window, published with the batch."""
-        out = []
+        if self.drift is None or not any(r.drifted for r in results):
+            return []
         for result in results:
-            if not result.drifted or self.drift is None:
-                continue
-            log.warning(
-                "harmful drift: KS p-value %.3g < %.3g over the last %d records",
-                result.p_value,
-                self.drift.p_value,
-                result.window,
-            )
-            payload = drift_payload(
-                detector=self.handle.identity,
-                p_value=result.p_value,
-                statistic=result.statistic,
-                window=result.window,
-                reference_size=int(self.drift.reference.size),
-                source_topic=self.config.input_topic,
-                threshold_p_value=self.drift.p_value,
-            )
-            topic = self.config.effective_drift_topic
-            out.append(Outgoing(topic, payload, b"drift", None, "drift"))
-        return out
+            if result.drifted:
+                log.warning(
+                    "harmful drift: KS p-value %.3g < %.3g over the last %d records",
+                    result.p_value,
+                    self.drift.p_value,
+                    result.window,
+                    extra={
+                        "event": "drift",
+                        "p_value": result.p_value,
+                        "statistic": result.statistic,
+                        "window": result.window,
+                    },
+                )
+        return drift_events(
+            results,
+            batch.messages,
+            batch.decoded,
+            detector=self.handle.identity,
+            topic=self.config.drift_topic,
+            ce_source=self.ce_source,
+            reference_size=int(self.drift.reference.size),
+            p_value=self.drift.p_value,
+        )
 
     def _account(self, batch: Processed) -> None:
         """Metrics and counters for a committed batch."""
@@ -260,9 +273,14 @@ class Worker:
         )
         self.metrics_port = server.start()
         stack.callback(server.stop)
-        log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, self.metrics_port)
+        log.info(
+            "metrics on http://%s:%d/metrics",
+            cfg.metrics_host,
+            self.metrics_port,
+            extra={"event": "metrics", "host": cfg.metrics_host, "port": self.metrics_port},
+        )
 
-        outputs = [cfg.alert_topic, cfg.dead_letter_topic, cfg.effective_drift_topic]
+        outputs = cfg.output_topics
         ensure_topics(cfg.admin_conf(), cfg.input_topic, outputs)
         limits, self._producer_sizes = OutputLimits.aligned(
             message_limits(cfg.admin_conf(), outputs), outputs, cfg.kafka
@@ -291,15 +309,27 @@ class Worker:
         if self.handle_signals:
             self._install_signals(stack)
         self.metrics.set_up(True)
+        mode = "exactly-once" if cfg.exactly_once else "at-least-once"
         log.info(
-            "worker started: %s -> alerts %s, dead letters %s, group %s, %s mode, detector %s v%s",
+            "worker started: %s -> alerts %s, dead letters %s%s, group %s, %s mode, detector %s v%s",
             cfg.input_topic,
             cfg.alert_topic,
             cfg.dead_letter_topic,
+            f", drift events {cfg.drift_topic}" if self.drift is not None else "",
             cfg.group_id,
-            "exactly-once" if cfg.exactly_once else "at-least-once",
+            mode,
             self.handle.identity.name,
             self.handle.identity.version,
+            extra={
+                "event": "started",
+                "topic": cfg.input_topic,
+                "output_topics": outputs,
+                "group": cfg.group_id,
+                "mode": mode,
+                "detector": self.handle.identity.name,
+                "detector_version": self.handle.identity.version,
+                "metrics_port": self.metrics_port,
+            },
         )
 
     def _make_metrics(self) -> WorkerMetrics:
@@ -467,18 +497,35 @@ class Worker:
             self._on_kafka_error(err)
             return
         self.metrics.broker_error(err.name())
-        log.error("fatal producer error (the producer will be replaced): %s", describe(err))
+        log.error(
+            "fatal producer error (the producer will be replaced): %s",
+            describe(err),
+            extra={"event": "kafka_error", "error": err.name(), "fatal": True},
+        )
         checkpoint = getattr(self, "checkpoint", None)  # None while starting up
         if isinstance(checkpoint, AtLeastOnceCheckpoint):
             checkpoint.producer_failed(err)
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         self.metrics.broker_error(err.name())
+        fields = {"event": "kafka_error", "error": err.name(), "fatal": err.fatal()}
         if err.fatal():
-            log.error("fatal Kafka error: %s", describe(err))
+            log.error("fatal Kafka error: %s", describe(err), extra=fields)
             self.request_stop()
         else:
-            log.warning("Kafka: %s", describe(err))
+            log.warning("Kafka: %s", describe(err), extra=fields)
+
+    def _maybe_log_ready(self) -> None:
+        """Once: how long from the process's start to the first partitions assigned."""
+        if not self.intake.readiness()[0]:
+            return
+        self._ready_logged = True
+        seconds = time.monotonic() - self._began
+        log.info(
+            "ready in %.1fs: partitions assigned, scoring",
+            seconds,
+            extra={"event": "ready", "startup_s": round(seconds, 3)},
+        )
 
     def _maybe_log_summary(self) -> None:
         interval = self.config.summary_interval_s
@@ -490,15 +537,29 @@ class Worker:
         s, base = self.summary, self._summary_base
         elapsed = max(now - (self._started if final else self._last_summary), 1e-9)
         consumed = s.consumed - (0 if final else base.consumed)
+        lag = self.metrics.consumer_lag_total() if hasattr(self, "metrics") else 0
+        event = "finished" if final else "progress"
         log.info(
             "%s: %.0f records/s, consumed %d, scored %d, flagged %d, dead letters %d, lag %d",
-            "finished" if final else "progress",
+            event,
             consumed / elapsed,
             s.consumed,
             s.scored,
             s.flagged,
             s.dead_lettered,
-            self.metrics.consumer_lag_total() if hasattr(self, "metrics") else 0,
+            lag,
+            extra={
+                "event": event,
+                "records_per_s": round(consumed / elapsed, 1),
+                "consumed": s.consumed,
+                "scored": s.scored,
+                "flagged": s.flagged,
+                "dead_lettered": s.dead_lettered,
+                "ignored": s.ignored,
+                "batches": s.batches,
+                "lag": lag,
+                "elapsed_s": round(elapsed, 3),
+            },
         )
         self._last_summary = now
         self._summary_base = RunSummary(**vars(s))
