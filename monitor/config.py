@@ -391,8 +391,8 @@ class WorkerConfig:
     summary_interval_s: float = 30.0
     stats_interval_ms: int = 5000
     reload_on_change: bool = False
-    log_format: str = "text"
     log_level: str = "INFO"
+    log_format: str = "text"
     kafka: Mapping[str, str] = field(default_factory=dict)
 
     # -- derived values ----------------------------------------------------------------
@@ -510,8 +510,8 @@ def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = 
                 default=argparse.SUPPRESS if opt.name == "log_level" else None,
                 metavar=opt.name.split("_")[-1].upper(),
                 choices=opt.choices,
-                help=text,
                 type=str.upper if opt.upper else str,
+                help=text,
             )
     parser.add_argument(
         "--kafka-option",
@@ -669,8 +669,8 @@ def validate(config: WorkerConfig, *, need_detector: bool = True) -> None:
         "input": config.input_topic,
         "alert": config.alert_topic,
         "dead-letter": config.dead_letter_topic,
-    }
         "drift": config.drift_topic,
+    }
     for role, topic in topics.items():
         if not topic.strip():
             raise ConfigError(f"the {role} topic must not be empty")
@@ -702,7 +702,6 @@ def _check_detector_dir(path: str) -> None:
         raise ConfigError(f"{path} has no manifest.json: not a detector directory")
 
 
-def with_overrides(config: WorkerConfig, **changes: Any) -> WorkerConfig:
 def early_log_level(cli_value: str | None, environ: Mapping[str, str] | None = None) -> str:
     """The log level every command starts with: the flag, else ``DMON_LOG_LEVEL``, else
     INFO (``run`` and the commands with ``--config`` then apply the file's too)."""
@@ -715,6 +714,7 @@ def early_log_level(cli_value: str | None, environ: Mapping[str, str] | None = N
     return str(opt.default)
 
 
+def with_overrides(config: WorkerConfig, **changes: Any) -> WorkerConfig:
     """A copy with some fields changed (tests and the demo use it)."""
     return replace(config, **changes)
 
