@@ -324,6 +324,9 @@ def poison_corpus(spec: InputSpec) -> list[Poison]:
     if spec.n_classes >= 2:
         ragged_out = d({"instance": inst, "output": _ragged_same_count(out)})
         corpus.append(p("ragged_output_same_count", ragged_out, R.SHAPE))
+    from protobuf_corpus import protobuf_poisons  # it builds on this module
+
+    corpus += protobuf_poisons(spec)
     names = [c.name for c in corpus]
     assert len(names) == len(set(names)), "poison names must be unique"
     return corpus
@@ -342,6 +345,8 @@ def holds_in(case: Poison, fmt: RecordFormat) -> bool:
         return True
     if case.fmt is not RecordFormat.JSON:
         return False
+    if fmt is RecordFormat.V2_PROTOBUF:  # no JSON is read: only size and no value at all
+        return case.reason is R.TOO_LARGE or not case.value
     early = (R.EMPTY, R.TOO_LARGE, R.NOT_UTF8, R.INVALID_JSON, R.SCHEMA)
     return case.reason in early or case.name in _PARSE_LEVEL
 

@@ -19,6 +19,7 @@ from poison_corpus import (
     good_v2_record,
     poison_corpus,
 )
+from protobuf_corpus import good_protobuf_record
 
 from monitor.errors import ConfigError
 from monitor.stream.records import (
@@ -59,6 +60,8 @@ def msg(
 def good_for(fmt: RecordFormat, spec: InputSpec, seed: int) -> tuple[bytes, np.ndarray]:
     """A valid message in ``fmt`` (json for auto) and the instance it holds."""
     x = good_instance(spec, seed)
+    if fmt is F.V2_PROTOBUF:
+        return good_protobuf_record(spec, seed)
     if fmt is F.V2:
         return good_v2_record(spec, seed), x[None]
     if fmt is F.V1:

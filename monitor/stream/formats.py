@@ -62,6 +62,7 @@ class RecordFormat(StrEnum):
     V2 = "v2"
     V1 = "v1"
     SELDON = "seldon"
+    V2_PROTOBUF = "v2-protobuf"
     AUTO = "auto"
 
 
@@ -72,6 +73,7 @@ class Reason(StrEnum):
     TOO_LARGE = "too_large"
     NOT_UTF8 = "not_utf8"
     INVALID_JSON = "invalid_json"
+    INVALID_PROTOBUF = "invalid_protobuf"
     NON_FINITE = "non_finite"
     SCHEMA = "schema"
     SHAPE = "shape"

@@ -53,6 +53,7 @@ from monitor.stream.headers import (
     read_headers,
     text,
 )
+from monitor.stream.protobuf_format import ProtobufReader
 
 Array = simdjson.Array
 _NO_LABELS = frozenset({"model_name", "model_version", "namespace"}).isdisjoint
@@ -161,18 +162,28 @@ class RecordDecoder:
         self._max_bytes = spec.max_message_bytes
         self._parser = simdjson.Parser()
         self._fast = _fast_json(self)
+        self._protobuf = (
+            ProtobufReader(spec, cap_context, only=self.fmt is RecordFormat.V2_PROTOBUF)
+            if self.fmt in (RecordFormat.V2_PROTOBUF, RecordFormat.AUTO)
+            else None
+        )
 
     # -- one message -----------------------------------------------------------------
-    def _rows(self, raw: bytes | None) -> Found | None:
+    def _rows(self, raw: bytes | None, head: Headers | None = None) -> Found | None:
         """Rows, id and context of one message body (the general path); None when it is
         a response."""
         if not raw:
             reject(Reason.EMPTY, "no value" if raw is None else "empty value")
         if len(raw) > self._max_bytes:
             reject(Reason.TOO_LARGE, f"{len(raw)} bytes, the limit is {self._max_bytes}")
+        proto = self._protobuf
+        if proto is not None and (got := proto.first(raw, head)) is not None:
+            return got
         try:
             doc = self._parser.parse(raw)
         except (ValueError, RuntimeError) as exc:
+            if proto is not None and (got := proto.fallback(raw, head)) is not None:
+                return got
             doc = self._reparse(raw, exc)
         if type(doc) is not simdjson.Object:
             reject(Reason.SCHEMA, f"top level must be a JSON object, got {kind_of(doc)}")
@@ -261,7 +272,8 @@ class RecordDecoder:
         contexts: dict[int, dict[str, Any]] = {}
         fast = self._fast if self.fmt in (RecordFormat.JSON, RecordFormat.AUTO) else None
         for index, raw in enumerate(values):
-            if headers is not None and (head := headers[index]):
+            head = headers[index] if headers is not None else None
+            if head:
                 try:
                     labels[index], response, ids[index] = self._header_facts(raw, head)
                 except Exception as exc:
@@ -275,7 +287,7 @@ class RecordDecoder:
             got = fast(raw) if fast is not None else None
             if got is None:
                 try:
-                    got = self._rows(raw)
+                    got = self._rows(raw, head)
                 except Exception as exc:  # every failure of one message is its own
                     dead.append(DeadLetter(index, *_failure(exc)))
                     continue
@@ -619,7 +631,8 @@ def message_identity(
         model=merge_labels(head.labels if head is not None else None, body_model),
         event_type=head.event_type if head is not None else None,
         context=cap_context(
-            {k: v for k, v in body.items() if k not in _FIELDS_OF[resolved]}, max_context_bytes
+            {k: v for k, v in body.items() if k not in _FIELDS_OF.get(resolved, ())},
+            max_context_bytes,
         ),
         topic=message.topic(),
         partition=message.partition(),

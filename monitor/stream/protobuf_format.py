@@ -1,0 +1,429 @@
+"""Open Inference Protocol records in protobuf: ``ModelInferRequest`` bytes to rows.
+
+Seldon Core v2 writes each model's requests to Kafka as ``ModelInferRequest`` messages and
+its responses, to another topic, as ``ModelInferResponse``. A record here is one request;
+what comes out is what the JSON formats give (``formats.Rows``, id, context), with the
+same dead-letter reasons, plus ``invalid_protobuf`` for bytes that are no request.
+
+Decisions (tested in tests/test_protobuf_records.py):
+- The classes come from our own ``proto/open_inference.proto``, compiled to a descriptor
+  set when the package is built (setup.py) and loaded into a private descriptor pool:
+  no generated module ties the code to one protobuf runtime, and a library that
+  registers the same ``inference.*`` names (a Triton or KServe client) cannot collide.
+- The classifier output for ``--use-record-output`` travels in the record's
+  ``dmon.response`` header as a serialised ``ModelInferResponse``. The JSON formats keep
+  the output in the record beside the inputs; a request has no field for it, and two
+  protobuf messages cannot share one value (field 5 is ``inputs`` in one and ``outputs``
+  in the other), so the response rides in a header and the value stays exactly the
+  request a Seldon topic holds. Its first numeric output shaped like the classifier's
+  probabilities is used, as in the JSON formats; one that doesn't fit is ignored.
+- Raw contents: the byte length is checked against shape x item size before
+  ``numpy.frombuffer`` reads them with an explicit little-endian dtype (the protocol's
+  byte order). Typed FP32/FP64 contents are read the same way from the contents'
+  own packed encoding; integer contents go through numpy from the repeated field.
+- Bounds: the message's size (with its headers) is checked before it is parsed, the
+  parser refuses nesting beyond its recursion limit, and every declared shape is
+  checked against the detector's (and the row cap) before anything is built from it.
+- In ``auto``, a ``content-type`` header decides; without one, a message that cannot
+  start a JSON text and parses as a request with inputs is protobuf, and a JSON-looking
+  one that isn't JSON gets a second chance as protobuf. A message neither JSON nor a
+  request keeps the JSON reason, as before.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from monitor.errors import ConfigError, DecodeError
+from monitor.stream.formats import (
+    MAX_DIMS,
+    V2_NUMERIC,
+    InputSpec,
+    Reason,
+    Rows,
+    check_rows,
+    reject,
+    rows_in,
+)
+from monitor.stream.headers import Headers, labels_of, text
+
+#: The compiled schema (setup.py writes it next to the .proto when the package is built).
+SCHEMA_PATH = Path(__file__).resolve().parent / "proto" / "open_inference.binpb"
+#: The header that carries a record's ``ModelInferResponse`` (its classifier output).
+RESPONSE_HEADER = "dmon.response"
+#: Most tensors one request (or response) may list: more is a schema dead letter.
+MAX_TENSORS = 64
+#: Request parameters copied into an alert's context (before its byte cap).
+MAX_PARAMETERS = 64
+
+#: The protocol's raw layout of each numeric datatype: little-endian, no padding.
+RAW_DTYPES: dict[str, np.dtype[Any]] = {
+    "FP16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # the upper half of a float32: widened in ``_floats``
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+}
+#: Which ``InferTensorContents`` field holds each datatype's typed contents.
+TYPED_FIELDS = {
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+}
+#: Packed float fields read straight from their encoding: (field tag byte, dtype).
+_PACKED_FLOATS: dict[str, tuple[int, np.dtype[Any]]] = {
+    "FP32": (0x32, np.dtype("<f4")),
+    "FP64": (0x3A, np.dtype("<f8")),
+}
+
+_PROTOBUF_TYPES = frozenset(
+    {
+        "application/x-protobuf",
+        "application/protobuf",
+        "application/vnd.google.protobuf",
+        "application/x-google-protobuf",
+        "application/grpc",
+        "application/grpc+proto",
+    }
+)
+_CONTENT_TYPE_NAMES = frozenset({"content-type", "content_type", "ce_datacontenttype"})
+_JSON_SPACE = re.compile(rb"[ \t\n\r]*")
+#: Bytes a JSON text can start with (after whitespace); a UTF-8 byte order mark too.
+_JSON_START = frozenset(b'{["-0123456789tfn\xef')
+
+#: One message decoded: rows, body id, context fields (``records.Found``).
+Found = tuple[Rows, str | None, dict[str, Any] | None]
+#: Caps context fields to a number of bytes of JSON (``records.cap_context``).
+CapContext = Callable[[dict[str, Any], int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The message classes of the compiled schema."""
+
+    request: Any
+    response: Any
+
+
+@cache
+def schema() -> Schema:
+    """The request and response classes, from a private descriptor pool (loaded once)."""
+    try:
+        data = SCHEMA_PATH.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"the protobuf schema {SCHEMA_PATH.name} is missing ({exc.strerror}): it is "
+            "compiled when the package is installed; reinstall it (pip install .)"
+        ) from None
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+        pool.Add(file)
+
+    def get(name: str) -> Any:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+
+    return Schema(get("inference.ModelInferRequest"), get("inference.ModelInferResponse"))
+
+
+def content_type(headers: Headers | None) -> bool | None:
+    """Whether the headers' content type says protobuf (True) or not (False); None
+    when they don't say."""
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, dict) else headers
+    for pair in items:
+        if (
+            type(pair) is tuple
+            and len(pair) == 2
+            and type(pair[0]) is str
+            and pair[0].lower() in _CONTENT_TYPE_NAMES
+        ):
+            value = text(pair[1])
+            if value is not None:
+                return value.split(";", 1)[0].strip().lower() in _PROTOBUF_TYPES
+    return None
+
+
+def could_be_json(raw: bytes) -> bool:
+    """Whether ``raw`` starts as a JSON text could (whitespace, then a value's first byte)."""
+    start = _JSON_SPACE.match(raw)
+    at = start.end() if start is not None else 0
+    return at >= len(raw) or raw[at] in _JSON_START
+
+
+def _header_value(headers: Headers | None, name: str) -> bytes | None:
+    if not headers:
+        return None
+    items = headers.items() if isinstance(headers, dict) else headers
+    for pair in items:
+        if type(pair) is tuple and len(pair) == 2 and pair[0] == name:
+            value = pair[1]
+            if isinstance(value, str):
+                return value.encode()
+            return bytes(value) if isinstance(value, bytes | bytearray) else None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Tensor:
+    """What a tensor of a request or response declares, and its contents."""
+
+    index: int
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    message: Any
+
+
+def _declared(message: Any, index: int, what: str) -> _Tensor:
+    """A tensor's datatype and shape, checked before its data is looked at."""
+    dims = message.shape
+    if len(dims) > MAX_DIMS:
+        reject(Reason.SHAPE, f"{what}.shape has {len(dims)} dimensions (at most {MAX_DIMS})")
+    shape = tuple(dims)
+    if any(d < 0 for d in shape):
+        reject(Reason.SHAPE, f"{what}.shape has a negative dimension: {list(shape)}")
+    return _Tensor(index, message.name, message.datatype.upper(), shape, message)
+
+
+def _floats(data: bytes, datatype: str, count: int, what: str) -> np.ndarray:
+    """Raw little-endian elements as float64, after checking their byte length."""
+    dtype = RAW_DTYPES[datatype]
+    if len(data) != count * dtype.itemsize:
+        reject(
+            Reason.SHAPE,
+            f"{what} holds {len(data)} bytes; {count} {datatype} elements need "
+            f"{count * dtype.itemsize}",
+        )
+    values = np.frombuffer(data, dtype=dtype, count=count)
+    if datatype == "BF16":
+        values = (values.astype(np.uint32) << 16).view(np.float32)
+    return values.astype(np.float64)
+
+
+def _typed(contents: Any, datatype: str, count: int, what: str) -> np.ndarray:
+    """Typed contents as float64: only the datatype's own field, with ``count`` elements."""
+    field = TYPED_FIELDS.get(datatype)
+    if field is None:
+        reject(Reason.DTYPE, f"{what}: {datatype} has no typed contents (send it raw)")
+    used = [f.name for f, _ in contents.ListFields()]
+    if used != [field]:
+        others = [name for name in used if name != field]
+        if others:
+            reject(Reason.DTYPE, f"{what}: a {datatype} tensor's contents belong in {field}")
+        reject(Reason.SHAPE, f"{what}.{field} is empty; its shape needs {count} elements")
+    values = getattr(contents, field)
+    if len(values) != count:
+        reject(Reason.SHAPE, f"{what}.{field} holds {len(values)} elements, its shape {count}")
+    packed = _PACKED_FLOATS.get(datatype)
+    if packed is not None:
+        encoded = contents.SerializeToString()
+        tag, dtype = packed
+        length, offset = _varint(encoded, 1)
+        if encoded[0] == tag and length == count * dtype.itemsize:
+            return np.frombuffer(encoded, dtype=dtype, count=count, offset=offset).astype(
+                np.float64
+            )
+    return np.fromiter(values, dtype=np.float64, count=count)
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    """(value, offset after it) of the base-128 varint at ``at``; (-1, at) if broken."""
+    value = shift = 0
+    for i in range(at, min(at + 10, len(data))):
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    return -1, at
+
+
+def _elements(
+    tensor: _Tensor, raw: Any, has_raw: bool, count: int, kind: str, what: str
+) -> np.ndarray:
+    """A tensor's ``count`` elements from the raw list (``has_raw``) or its contents."""
+    if has_raw:
+        if tensor.message.HasField("contents"):
+            reject(Reason.SCHEMA, f"{what} has contents although the message has raw {kind}")
+        return _floats(raw[tensor.index], tensor.datatype, count, f"raw_{kind}[{tensor.index}]")
+    if not tensor.message.HasField("contents"):
+        reject(Reason.SCHEMA, f"{what} has no contents and the message no raw {kind}")
+    return _typed(tensor.message.contents, tensor.datatype, count, f"{what}.contents")
+
+
+def _checked_raw(raw: Any, tensors: int, kind: str) -> bool:
+    """Whether the message carries raw contents, one entry per tensor as it must."""
+    if not len(raw):
+        return False
+    if len(raw) != tensors:
+        reject(Reason.SCHEMA, f"{len(raw)} raw_{kind} for {tensors} tensors; expected one each")
+    return True
+
+
+def _fits(shape: tuple[int, ...], feature: tuple[int, ...]) -> bool:
+    try:
+        rows_in(shape, feature, "")
+    except DecodeError:
+        return False
+    return True
+
+
+def _parameters(parameters: Any) -> dict[str, Any]:
+    """The request's parameters as plain values (a bounded number of them)."""
+    out: dict[str, Any] = {}
+    for key in islice(parameters, MAX_PARAMETERS):
+        value = parameters[key]
+        choice = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, choice) if choice is not None else None
+    return out
+
+
+def _buffer(values: np.ndarray) -> memoryview:
+    """A float64 buffer as the JSON formats give (``formats.count_of`` reads its bytes)."""
+    return memoryview(np.ascontiguousarray(values, dtype=np.float64).data)
+
+
+class ProtobufReader:
+    """Decodes ``ModelInferRequest`` records for one input spec (stateless, reusable);
+    ``cap`` bounds the context fields copied into alerts, ``only`` says every message is
+    protobuf (``v2-protobuf``) rather than some (``auto``)."""
+
+    def __init__(self, spec: InputSpec, cap: CapContext, *, only: bool = False) -> None:
+        self.spec = spec
+        self.only = only
+        self._cap = cap
+        loaded = schema()
+        self._request = loaded.request.FromString
+        self._response = loaded.response.FromString
+
+    # -- detection (``auto``) ------------------------------------------------------
+    def first(self, raw: bytes, headers: Headers | None) -> Found | None:
+        """Rows of a message read as protobuf first; None: try it as JSON."""
+        return self.read(raw, headers) if self.only else self.sniff(raw, headers)
+
+    def sniff(self, raw: bytes, headers: Headers | None) -> Found | None:
+        """Rows of a message that is protobuf, or None: take the JSON path."""
+        declared = content_type(headers)
+        if declared is not None:
+            return self.read(raw, headers) if declared else None
+        if could_be_json(raw):
+            return None
+        return self.fallback(raw, headers)
+
+    def fallback(self, raw: bytes, headers: Headers | None) -> Found | None:
+        """Rows of a message that parses as a request with inputs, else None."""
+        try:
+            request = self._request(raw)
+        except (ProtobufDecodeError, ValueError, RuntimeError):
+            return None
+        if not len(request.inputs):
+            return None
+        return self._found(request, headers)
+
+    # -- decoding --------------------------------------------------------------------
+    def read(self, raw: bytes, headers: Headers | None) -> Found:
+        """Rows, id and context of one request; raises ``DecodeError`` (a dead letter)."""
+        try:
+            request = self._request(raw)
+        except (ProtobufDecodeError, ValueError, RuntimeError) as exc:
+            reject(Reason.INVALID_PROTOBUF, f"not a ModelInferRequest: {str(exc)[:120]}")
+        return self._found(request, headers)
+
+    def _found(self, request: Any, headers: Headers | None) -> Found:
+        spec = self.spec
+        n, x = self._inputs(request)
+        y = None
+        response = _header_value(headers, RESPONSE_HEADER)
+        if response is not None:
+            y = self._output(response, request.id, n)
+        labels = labels_of(
+            text(request.model_name) or None, text(request.model_version) or None, None
+        )
+        body_id = text(request.id) or None
+        context = None
+        if len(request.parameters) and spec.max_context_bytes > 0:
+            context = self._cap(
+                {"parameters": _parameters(request.parameters)}, spec.max_context_bytes
+            )
+        return (n, _buffer(x), None if y is None else _buffer(y), labels), body_id, context
+
+    def _inputs(self, request: Any) -> tuple[int, np.ndarray]:
+        """(rows, float64 elements) of the request's one input of the detector's shape."""
+        spec = self.spec
+        inputs = request.inputs
+        if not len(inputs):
+            reject(Reason.SCHEMA, "the request has no input tensors")
+        if len(inputs) > MAX_TENSORS:
+            reject(Reason.SCHEMA, f"{len(inputs)} input tensors, at most {MAX_TENSORS}")
+        has_raw = _checked_raw(request.raw_input_contents, len(inputs), "input_contents")
+        tensors = [_declared(t, i, f"inputs[{i}]") for i, t in enumerate(inputs)]
+        if len(tensors) > 1:
+            fitting = [t for t in tensors if _fits(t.shape, spec.shape)]
+            if len(fitting) != 1:
+                reject(
+                    Reason.SCHEMA,
+                    f"{len(tensors)} input tensors and {len(fitting)} of them fit shape "
+                    f"{list(spec.shape)}; expected exactly one",
+                )
+            tensors = fitting
+        tensor = tensors[0]
+        what = f"inputs[{tensor.index}]"
+        if tensor.datatype not in V2_NUMERIC:
+            reject(Reason.DTYPE, f"{what}.datatype {tensor.datatype[:32]!r} is not numeric")
+        n = check_rows(rows_in(tensor.shape, spec.shape, what), spec, what)
+        count = math.prod(tensor.shape)
+        x = _elements(tensor, request.raw_input_contents, has_raw, count, "input_contents", what)
+        return n, x
+
+    def _output(self, data: bytes, request_id: str, n: int) -> np.ndarray | None:
+        """The classifier's probabilities from the response header, or None."""
+        try:
+            response = self._response(data)
+        except (ProtobufDecodeError, ValueError, RuntimeError):
+            reject(Reason.INVALID_PROTOBUF, f"the {RESPONSE_HEADER} header is not a response")
+        if response.id and request_id and response.id != request_id:
+            reject(
+                Reason.SCHEMA,
+                f"the {RESPONSE_HEADER} header answers request {text(response.id)!r}, "
+                f"not {text(request_id)!r}",
+            )
+        outputs = response.outputs
+        has_raw = _checked_raw(response.raw_output_contents, len(outputs), "output")
+        feature = (self.spec.n_classes,)
+        for i, message in enumerate(islice(outputs, MAX_TENSORS)):
+            what = f"{RESPONSE_HEADER} outputs[{i}]"
+            try:
+                tensor = _declared(message, i, what)
+                if tensor.datatype not in V2_NUMERIC or rows_in(tensor.shape, feature, "") != n:
+                    continue
+            except DecodeError:
+                continue  # not the classifier's probabilities (class ids, text...)
+            count = math.prod(tensor.shape)
+            return _elements(tensor, response.raw_output_contents, has_raw, count, "output", what)
+        return None
