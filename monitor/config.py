@@ -30,7 +30,7 @@ from monitor.kafka_properties import Client, for_client
 
 ENV_PREFIX = "DMON_"
 KAFKA_ENV_PREFIX = "DMON_KAFKA_"
-RECORD_FORMATS = ("json", "v2", "v1", "seldon", "auto")
+RECORD_FORMATS = ("json", "v2", "v1", "seldon", "v2-protobuf", "auto")
 START_POSITIONS = ("earliest", "latest")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -228,7 +228,8 @@ OPTIONS: tuple[Option, ...] = (
         str,
         "json",
         "How records are encoded: json ({id, instance, output?}), v2 (Open Inference Protocol), "
-        "v1 ({instances}), seldon ({data: {ndarray}}) or auto (sniff each message).",
+        "v1 ({instances}), seldon ({data: {ndarray}}), v2-protobuf (Open Inference Protocol "
+        "ModelInferRequest, as Seldon Core v2 writes it) or auto (sniff each message).",
         choices=RECORD_FORMATS,
     ),
     Option(
