@@ -96,7 +96,11 @@ def set_contents(tensor: Any, raw_list: Any, x: np.ndarray, datatype: str, raw: 
         else:
             raw_list.append(np.asarray(x, dtype=LITTLE_ENDIAN[datatype]).tobytes())
     else:
-        getattr(tensor.contents, TYPED[datatype]).extend(np.asarray(x).ravel().tolist())
+        as_type = np.float64 if datatype.startswith("FP") else np.int64
+        if datatype == "UINT64":
+            as_type = np.uint64
+        values = np.asarray(x).astype(as_type).ravel().tolist()
+        getattr(tensor.contents, TYPED[datatype]).extend(values)
 
 
 def good_protobuf_record(

@@ -337,7 +337,10 @@ class ProtobufReader:
         return self.fallback(raw, headers)
 
     def fallback(self, raw: bytes, headers: Headers | None) -> Found | None:
-        """Rows of a message that parses as a request with inputs, else None."""
+        """Rows of a message that parses as a request with inputs, else None (also when
+        its content type says it is something else)."""
+        if content_type(headers) is False:
+            return None
         try:
             request = self._request(raw)
         except (ProtobufDecodeError, ValueError, RuntimeError):
