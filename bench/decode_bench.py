@@ -21,6 +21,7 @@ import numpy as np
 import orjson
 from confluent_kafka import Message
 
+from monitor.stream.protobuf_format import schema
 from monitor.stream.records import InputSpec, RecordDecoder, RecordFormat
 
 Decode = Callable[[Sequence[Message], InputSpec], int]
@@ -71,6 +72,25 @@ def make_messages(
             body = {"id": f"req-{i}", "inputs": [tensor]}
         value = json.dumps(body).encode()
         out.append(Message(topic="bench", partition=0, offset=i, value=value, headers=headers))
+    return out
+
+
+def protobuf_messages(n: int, shape: tuple[int, ...], raw: bool, rows: int = 1) -> list[Message]:
+    """The digits-like records of ``make_messages(n, shape, 0)`` as ModelInferRequest
+    protobuf: float32 sixteenths, raw (``raw_input_contents``) or typed (``fp32_contents``)."""
+    rng = np.random.default_rng(0)
+    request_class = schema().request
+    out = []
+    for i in range(n):
+        x = np.floor(rng.random((rows, *shape), dtype=np.float32) * 16) / 16
+        request = request_class(model_name="digits", id=f"req-{i}")
+        tensor = request.inputs.add(name="x", datatype="FP32", shape=[rows, *shape])
+        if raw:
+            request.raw_input_contents.append(x.astype("<f4").tobytes())
+        else:
+            tensor.contents.fp32_contents.extend(x.ravel().tolist())
+        value = request.SerializeToString()
+        out.append(Message(topic="bench", partition=0, offset=i, value=value))
     return out
 
 
@@ -173,6 +193,34 @@ def main() -> None:
     many = make_messages(max(n // 64, 1), (64,), fmt="v2", rows=64)
     run(
         "v2, 64 rows per message", decoder(RecordFormat.V2), many, flat, max(batch // 64, 1), repeat
+    )
+    protobuf_backlogs(n, flat, batch, repeat)
+
+
+def protobuf_backlogs(n: int, flat: InputSpec, batch: int, repeat: int) -> None:
+    """The digits records as JSON and as v2 protobuf, raw and typed, side by side."""
+    pb = decoder(RecordFormat.V2_PROTOBUF)
+    as_json = make_messages(n, (64,), 0)
+    raw, typed = protobuf_messages(n, (64,), raw=True), protobuf_messages(n, (64,), raw=False)
+    sizes = ", ".join(
+        f"{what} ~{sum(len(m) for m in ms) / n:.0f} B"
+        for what, ms in (("json", as_json), ("raw", raw), ("typed", typed))
+    )
+    print(f"The same digits records, JSON and v2 protobuf ({sizes})")
+    rates = {
+        "json": run(
+            "json, RecordDecoder json", decoder(RecordFormat.JSON), as_json, flat, batch, repeat
+        )
+    }
+    rates["raw"] = run("v2-protobuf, raw_input_contents", pb, raw, flat, batch, repeat)
+    rates["typed"] = run("v2-protobuf, typed fp32_contents", pb, typed, flat, batch, repeat)
+    run("v2-protobuf raw, read by auto", decoder(RecordFormat.AUTO), raw, flat, batch, repeat)
+    many = protobuf_messages(max(n // 64, 1), (64,), raw=True, rows=64)
+    run("v2-protobuf raw, 64 rows per message", pb, many, flat, max(batch // 64, 1), repeat)
+    base = rates["json"]["wall"]
+    print(
+        f"  protobuf / json (wall): raw {rates['raw']['wall'] / base:.2f}x, "
+        f"typed {rates['typed']['wall'] / base:.2f}x"
     )
 
 
