@@ -458,6 +458,20 @@ class WorkerConfig:
     def admin_conf(self) -> dict[str, Any]:
         return self._common_kafka("admin")
 
+    def reader_conf(self) -> dict[str, Any]:
+        """A reader of the output topics (``distillation-monitor alerts``): read-committed,
+        assigned its partitions rather than joining a group, committing nothing, so it
+        never disturbs the workers or another reader."""
+        conf: dict[str, Any] = {
+            "group.id": f"{self.group_id}-reader",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+        conf.update(self._common_kafka("consumer"))
+        return conf
+
     def redacted(self) -> dict[str, Any]:
         """The configuration as it may be logged: secrets replaced by ``***``."""
         out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -54,6 +54,11 @@ def _kafka_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {"event": "kafka", "facility": str(facility), "client": str(client)}
 
 
+def kafka_logger(client: str) -> logging.Logger:
+    """The logger a Kafka client's librdkafka lines go to (its ``logger`` setting)."""
+    return logging.getLogger(f"{KAFKA_LOGGER}.{client}")
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text", *, replace: bool = True) -> None:
     """Send log lines to stderr at ``level`` (validated by ``config``).
 

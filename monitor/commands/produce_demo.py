@@ -116,7 +116,18 @@ def run(args: argparse.Namespace) -> int:
 
     run_id = args.run_id or new_run_id()
     traffic = DemoTraffic(args.detector, spec, run_id)
-    producer = Producer({"linger.ms": 5, "acks": "all", "enable.idempotence": True, **conf})
+    from monitor.kafka_properties import for_client
+    from monitor.logs import kafka_logger
+
+    producer = Producer(
+        {
+            "linger.ms": 5,
+            "acks": "all",
+            "enable.idempotence": True,
+            **for_client("producer", conf),
+            "logger": kafka_logger("producer"),
+        }
+    )
     malformed = args.malformed or 0
     print(
         f"producing {total} records to {args.topic} on {bootstrap} at {args.rate:g}/s "

@@ -242,7 +242,18 @@ def run_demo(opts: DemoOptions, say: Say = print) -> int:
 def traffic_producer(conf: dict[str, Any]) -> Any:
     from confluent_kafka import Producer
 
-    return Producer({**conf, "linger.ms": 5, "acks": "all", "enable.idempotence": True})
+    from monitor.kafka_properties import for_client
+    from monitor.logs import kafka_logger
+
+    return Producer(
+        {
+            **for_client("producer", conf),
+            "logger": kafka_logger("producer"),
+            "linger.ms": 5,
+            "acks": "all",
+            "enable.idempotence": True,
+        }
+    )
 
 
 def report(

@@ -15,13 +15,17 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from monitor.errors import DemoError
+from monitor.kafka_properties import for_client
+from monitor.logs import kafka_logger
 
 TIMEOUT_S = 30.0
 
 
 def _admin(conf: dict[str, Any]) -> AdminClient:
     # librdkafka logs an info line when an admin client is freed with events unread.
-    return AdminClient({"log_level": 4, **conf})
+    settings: dict[str, Any] = {"log_level": 4, **for_client("admin", conf)}
+    settings["logger"] = kafka_logger("admin")
+    return AdminClient(settings)
 
 
 def _cluster(conf: dict[str, Any], timeout: float = 10.0) -> Any:
@@ -92,7 +96,8 @@ def read_all(conf: dict[str, Any], topic: str, timeout: float = TIMEOUT_S) -> li
         raise DemoError(f"topic {topic} does not exist")
     consumer = Consumer(
         {
-            **conf,
+            **for_client("consumer", conf),
+            "logger": kafka_logger("consumer"),
             "group.id": f"dmon-demo-reader-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": True,

@@ -42,20 +42,18 @@ def tensorflow_threads(requested: int, cpus: int | None = None) -> int:
 def limit_tensorflow_threads(threads: int) -> None:
     """Run TensorFlow's ops on ``tensorflow_threads(threads)`` threads (intra- and
     inter-op). Only possible before TensorFlow's runtime starts; a process that already
-    ran TensorFlow (tests, notebooks) keeps its setting."""
-    import tensorflow as tf
+    ran TensorFlow (tests, notebooks) keeps its setting. TensorFlow starts here, its C++
+    start-up lines kept off the terminal (``tf_runtime.start_tensorflow``)."""
+    from monitor.detector.tf_runtime import start_tensorflow
 
     wanted = tensorflow_threads(threads)
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(wanted)
-        tf.config.threading.set_inter_op_parallelism_threads(wanted)
-    except RuntimeError:
-        current = tf.config.threading.get_intra_op_parallelism_threads()
-        if current != wanted:
-            log.info(
-                "TensorFlow already started: keeping its %s intra-op thread(s)",
-                current or "default",
-            )
+    tf = start_tensorflow(wanted, wanted)
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if current != wanted:
+        log.info(
+            "TensorFlow already started: keeping its %s intra-op thread(s)",
+            current or "default",
+        )
 
 
 def padded_rows(n: int, batch_size: int) -> int:
