@@ -21,6 +21,7 @@ import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 from fixtures_kafka import consume_messages, delete_topics
+from raw_lines import raw_lines
 
 from monitor.cli import main
 from monitor.demo.broker import LOCAL_BOOTSTRAP
@@ -180,6 +181,7 @@ def test_demo_verdict_agrees_with_the_topics_it_names(
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "harmful corrupted records flagged" in done.stdout
+    assert not raw_lines(done.stdout + done.stderr), "a library wrote to the terminal itself"
     result = json.loads(summary_file.read_text())
     names = result["topics"]
     try:
