@@ -87,3 +87,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("distillation-monitor: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback at DEBUG
+        import logging
+
+        logging.getLogger("monitor.cli").debug("unexpected error", exc_info=True)
+        print(
+            f"distillation-monitor: unexpected error: {type(exc).__name__}: {exc} "
+            "(a bug; --log-level DEBUG shows where)",
+            file=sys.stderr,
+        )
+        return 70

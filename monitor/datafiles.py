@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -63,7 +64,10 @@ def _load_csv(p: Path) -> np.ndarray:
     except ValueError:
         skip = 1  # a header line
     try:
-        arr = np.loadtxt(p, delimiter=",", dtype=np.float32, skiprows=skip, ndmin=2)
+        with warnings.catch_warnings():
+            # An empty file warns, then is refused below as "holds no rows".
+            warnings.simplefilter("ignore", UserWarning)
+            arr = np.loadtxt(p, delimiter=",", dtype=np.float32, skiprows=skip, ndmin=2)
     except (ValueError, OSError) as exc:
         raise DataFileError(f"{p}: not a numeric CSV: {_first_line(exc)}") from None
     return arr

@@ -1,7 +1,8 @@
 """One root error for everything the package raises on purpose.
 
-The CLI prints a ``MonitorError`` as one line and exits non-zero; anything else is a bug
-and keeps its traceback.
+The CLI prints a ``MonitorError`` as one line and exits 1. Anything else is a bug: the
+CLI names it in one line too and exits 70, with the traceback logged at DEBUG (a user
+sees no traceback; the tests fail on that line).
 """
 
 from __future__ import annotations

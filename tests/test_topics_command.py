@@ -95,10 +95,10 @@ def test_reads_the_workers_config_file_and_environment(
         "max-batch-size = 64\n"
     )
     monkeypatch.setenv("DMON_DEAD_LETTER_TOPIC", t["dlq"])
-    code, out, err = _run(["topics", "--config", str(config), "--partitions", "2"], capsys)
+    monkeypatch.setenv("DMON_DRIFT_TOPIC", t["drift"])
+    code, _, err = _run(["topics", "--config", str(config), "--partitions", "2"], capsys)
     assert code == 0, err
-    assert [_partitions(kafka_admin, t[r]) for r in ("in", "alerts", "dlq")] == [2, 2, 2]
-    assert t["drift"] not in out and _partitions(kafka_admin, t["drift"]) == 0
+    assert [_partitions(kafka_admin, t[r]) for r in ("in", "alerts", "dlq", "drift")] == [2] * 4
 
 
 @pytest.mark.parametrize(

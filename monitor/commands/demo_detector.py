@@ -34,9 +34,13 @@ def run(args: argparse.Namespace) -> int:
 
     from monitor.detector.demo import DEMO_INFO_FILE, build_demo_detector
     from monitor.detector.manifest import read_manifest
+    from monitor.errors import DetectorError
 
     print(f"training the digits classifier and its detector (seed {args.seed}) ...")
-    out = build_demo_detector(args.out, seed=args.seed)
+    try:
+        out = build_demo_detector(args.out, seed=args.seed)
+    except OSError as exc:  # --out under a file, or not writable
+        raise DetectorError(f"--out {args.out}: cannot write: {exc.strerror or exc}") from None
     manifest = read_manifest(out)
     info = json.loads((out / DEMO_INFO_FILE).read_text())
     history = info.get("agreement_history") or [float("nan")]

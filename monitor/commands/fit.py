@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 ORDER = 20
 
@@ -91,6 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--version", default="1", help="detector version in the manifest and alerts")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the detector already in --out (a running worker keeps the old one "
+        "until it reloads)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -110,6 +117,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--threshold-perc must be between 0 and 100")
     if not args.temperature > 0:
         raise ConfigError("--temperature must be positive")
+    from monitor.detector.fit_checks import check_output_dir
+
+    check_output_dir(args.out, args.force)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from monitor.datafiles import fit_to_shape, load_array
     from monitor.detector.architectures import fit_until_agreement
     from monitor.detector.distillation import ModelDistillation
+    from monitor.detector.fit_checks import check_rows, threshold_warning
     from monitor.detector.persistence import load_keras_model, save_detector
     from monitor.detector.progress import EpochProgress
     from monitor.errors import DetectorError
@@ -149,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         raise DetectorError(str(exc)) from None
     x = fit_to_shape(load_array(args.data, args.data_key), detector.input_shape, args.data)
     x = detector.validate(x)
+    check_rows(len(x), args.holdout_fraction)
     progress = [] if args.quiet else [EpochProgress(args.epochs, "distilling")]
     x_holdout, stopper = fit_until_agreement(
         detector,
@@ -184,6 +196,9 @@ def run(args: argparse.Namespace) -> int:
         f"{float(np.mean(scores > threshold)):.3f}"
     )
     print(
-        f"  loss {manifest.loss_type}, temperature {manifest.temperature:g}, sha256 {manifest.sha256[:12]}"
+        f"  loss {manifest.loss_type}, temperature {manifest.temperature:g}, manifest hash {manifest.sha256[:16]}"
     )
+    warning = threshold_warning(len(x_threshold), args.threshold_perc)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -18,9 +18,9 @@ TOPIC_OPTIONS = (
 DEFAULT_PARTITIONS = 1
 
 DESCRIPTION = """\
-Create the topics the worker reads and writes (input, alerts, dead letters, and the
-drift topic when it is not the alert topic) and print what the cluster has: partitions,
-replicas, retention, largest message. Topics that exist are left as they are.
+Create the topics the worker reads and writes (input, alerts, dead letters and drift
+events) and print what the cluster has: partitions, replicas, retention, largest
+message. Topics that exist are left as they are.
 
 It reads the same --config file and DMON_* variables as `run`, so the topics it creates
 are the ones the worker will use. The worker can split an input topic's partitions

@@ -37,7 +37,10 @@ from monitor.evaluation.report import (
 )
 from monitor.evaluation.suite import SeedResult, SuiteOptions, planned_steps, run_seed
 from monitor.evaluation.summary import BAR_MIN_SEVERITY, across_seeds, quality_bar
-from monitor.evaluation.windows import DEFAULT_FRACTIONS
+from monitor.evaluation.windows import DEFAULT_FRACTIONS, MIN_REFERENCE
+
+DEFAULT_WINDOW = 200
+MIN_WINDOW = 10
 
 if TYPE_CHECKING:
     from monitor.detector.distillation import ModelDistillation
@@ -103,10 +106,16 @@ def parse_names(text: str, choices: tuple[str, ...], what: str) -> list[str] | N
 def load_npz(path: str, need_y: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """X (and y) from an .npz file, with a clear error for anything missing or malformed."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
         raise EvaluationError(f"{path}: cannot read an .npz file: {exc}") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise EvaluationError(
+            f"{path}: not an .npz file; save the inputs and labels as one: "
+            "numpy.savez(path, X=inputs, y=labels)"
+        )
+    with loaded as data:
+        arrays = {k: data[k] for k in data.files}
     if "X" not in arrays:
         raise EvaluationError(f"{path}: no array named X (found {', '.join(arrays) or 'none'})")
     x = arrays["X"]
@@ -245,9 +254,33 @@ def _epsilons(args: argparse.Namespace, quick: bool) -> list[float]:
     return epsilons
 
 
-def _check_window(args: argparse.Namespace) -> None:
-    if args.window < 10:
-        raise EvaluationError("--window must be at least 10 records")
+def _window(args: argparse.Namespace, n_clean: int | None, notes: list[str]) -> int | None:
+    """The drift window: ``--window``, or the default shrunk to what the clean data allow
+    (each trial needs the window and a reference of ``MIN_REFERENCE`` other clean rows);
+    None skips the window test. ``n_clean`` None: the digits demo, large enough."""
+    if args.window is not None and args.window < MIN_WINDOW:
+        raise EvaluationError(f"--window must be at least {MIN_WINDOW} records")
+    if n_clean is None or n_clean - (args.window or DEFAULT_WINDOW) >= MIN_REFERENCE:
+        return int(args.window or DEFAULT_WINDOW)
+    room = n_clean - MIN_REFERENCE
+    need = f"a window and a reference of at least {MIN_REFERENCE} other clean rows"
+    if args.window is not None:
+        fix = f"use --window {room} or less" if room >= MIN_WINDOW else "leave --window out"
+        raise EvaluationError(
+            f"--window {args.window} needs {args.window + MIN_REFERENCE} clean rows ({need}); "
+            f"--data has {n_clean}: {fix}, or give more clean rows"
+        )
+    if room < MIN_WINDOW:
+        notes.append(
+            f"window drift test skipped: it needs at least {MIN_WINDOW + MIN_REFERENCE} clean "
+            f"rows ({need}), --data has {n_clean}"
+        )
+        return None
+    notes.append(
+        f"windows of {room} records instead of {DEFAULT_WINDOW}: {n_clean} clean rows leave "
+        f"{MIN_REFERENCE} for the reference; more clean rows allow larger windows"
+    )
+    return room
 
 
 def _trials(args: argparse.Namespace, quick: bool) -> int:
@@ -279,6 +312,8 @@ class CleanInput:
 
 
 def _clean_input(args: argparse.Namespace) -> CleanInput:
+    if args.max_rows is not None and args.max_rows < 1:
+        raise EvaluationError("--max-rows must be at least 1")
     if args.data:
         x, y = load_npz(args.data, need_y=True)
         assert y is not None
@@ -343,20 +378,20 @@ def prepare(args: argparse.Namespace) -> Setup:
     seeds = _seeds(args, quick)
     severities = _severities(args, quick)
     epsilons = _epsilons(args, quick)
-    _check_window(args)
     trials = _trials(args, quick)
     p_value = _p_value(args)
 
     clean = _clean_input(args)
     user_sets = _user_sets(args, clean.data)
     notes: list[str] = []
+    window = _window(args, None if clean.data is None else len(clean.data[0]), notes)
     specs = _case_specs(args, severities, epsilons, clean, notes)
     if not specs and not user_sets:
         raise EvaluationError("nothing to evaluate: no corruptions, attacks or --corrupted set")
     options = SuiteOptions(
         specs=tuple(specs),
         p_value=p_value,
-        window=args.window,
+        window=window,
         trials=trials,
         fractions=QUICK_FRACTIONS if quick else DEFAULT_FRACTIONS,
         pgd_steps=5 if quick else 10,
@@ -513,6 +548,8 @@ def print_report(setup: Setup, results: list[SeedResult], report: dict[str, Any]
     summary = report["summary"]
     print("\nSummary over seeds (mean ± std):")
     labels = {
+        "auc_user": "AUC harmful vs harmless, your corrupted set",
+        "baseline_auc_user": "  entropy baseline",
         "auc_natural_s3": "AUC harmful vs harmless, natural severity 3+",
         "baseline_auc_natural_s3": "  entropy baseline",
         "auc_with_attacks": "AUC harmful vs harmless, natural 3+ and attacks",
@@ -528,7 +565,11 @@ def print_report(setup: Setup, results: list[SeedResult], report: dict[str, Any]
         "manifest_harmful_30": "30% harmful vs the manifest's reference",
     }
     for key, label in labels.items():
-        if key in summary:
+        if summary.get(key, {}).get("mean") is not None:  # rows this run could measure
             print(f"  {label:<50} {_fmt(summary[key])}")
-    print("\nQuality bar of the evaluation issue (set for the digits demo with its defaults):")
-    print(bar_lines(quality_bar(summary)))
+    checks = quality_bar(summary)
+    if any(
+        summary.get(k, {}).get("mean") is not None for k in ("auc_natural_s3", "auc_with_attacks")
+    ):
+        print("\nQuality bar (set for the digits demo with its default options):")
+        print(bar_lines(checks))

@@ -36,7 +36,7 @@ POOLED = "natural s3+"
 class SuiteOptions:
     specs: tuple[CorruptionSpec, ...]
     p_value: float
-    window: int = 200
+    window: int | None = 200  # None: too few clean rows, no window test
     trials: int = 500
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     reference_size: int = 500
@@ -96,7 +96,8 @@ def planned_steps(options: SuiteOptions) -> int:
     pooled = any(
         s.kind == "natural" and s.level >= options.window_min_severity for s in options.specs
     )
-    return 1 + len(options.specs) + 2 * (len(names) + pooled)
+    windows = 2 * (len(names) + pooled) if options.window else 0
+    return 1 + len(options.specs) + windows
 
 
 def _score(detector: ModelDistillation, x: np.ndarray) -> Scored:
@@ -155,6 +156,8 @@ def _pool(cases: Sequence[Case], group: str) -> np.ndarray:
 
 
 def _run_windows(result: SeedResult, clean: Scored, options: SuiteOptions, step: Progress) -> None:
+    if options.window is None:
+        return
     for name, members in window_groups(result.cases, options.window_min_severity).items():
         curves: dict[str, TrialCurve] = {}
         for kind in ("harmful", "harmless"):
@@ -181,7 +184,8 @@ def _check_manifest_reference(
 ) -> None:
     """What the worker would see: windows of this data against the manifest's reference."""
     reference = np.asarray(detector.reference_scores, dtype=np.float64)
-    if reference.size < 2 or clean.scores.size < options.window:
+    window = options.window
+    if window is None or reference.size < 2 or clean.scores.size < window:
         return
     members = window_groups(result.cases, options.window_min_severity).get(POOLED, [])
 
@@ -193,7 +197,7 @@ def _check_manifest_reference(
             fraction,
             seed=result.seed,
             p_value=options.p_value,
-            window=options.window,
+            window=window,
             trials=options.trials,
         )
 

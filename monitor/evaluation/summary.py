@@ -1,4 +1,4 @@
-"""Numbers across seeds and the quality bar of the evaluation issue.
+"""Numbers across seeds, and the quality bar set for the digits demo.
 
 Per seed: the mean harmful-vs-harmless ROC-AUC over measurable natural cases at
 severity 3+ (and with the attacks added), for the detector and the entropy baseline, and
@@ -20,17 +20,28 @@ BAR_MIN_SEVERITY = 3
 BAR_FRACTION = 0.3
 
 
-def _mean_auc(rows: Sequence[dict[str, Any]], source: str, attacks: bool) -> float | None:
+def _mean_auc(
+    rows: Sequence[dict[str, Any]], source: str, attacks: bool, user: bool = False
+) -> float | None:
     values = [
         r[source]["auc_harmful_vs_harmless"]
         for r in rows
         if r["measurable"]
         and (
-            (r["kind"] == "natural" and r["level"] >= BAR_MIN_SEVERITY)
-            or (attacks and r["kind"] == "attack")
+            (user and r["kind"] == "user")
+            or (not user and r["kind"] == "natural" and r["level"] >= BAR_MIN_SEVERITY)
+            or (not user and attacks and r["kind"] == "attack")
         )
     ]
     return float(np.mean(values)) if values else None
+
+
+def _window_group(result: SeedResult) -> str:
+    """The curves the summary quotes: natural corruptions pooled, else the user's set."""
+    if POOLED in result.curves:
+        return POOLED
+    users = [c.spec.name for c in result.cases if c.spec.kind == "user"]
+    return next((u for u in users if u in result.curves), POOLED)
 
 
 def seed_summary(result: SeedResult) -> dict[str, float | None]:
@@ -43,7 +54,10 @@ def seed_summary(result: SeedResult) -> dict[str, float | None]:
         "baseline_auc_with_attacks": _mean_auc(rows, "baseline", attacks=True),
         "clean_accuracy": result.clean["accuracy"],
     }
-    curves = result.curves.get(POOLED, {})
+    if any(r["kind"] == "user" for r in rows):
+        out["auc_user"] = _mean_auc(rows, "detector", attacks=False, user=True)
+        out["baseline_auc_user"] = _mean_auc(rows, "baseline", attacks=False, user=True)
+    curves = result.curves.get(_window_group(result), {})
     for kind in ("harmful", "harmless"):
         curve = curves.get(kind)
         for pct in (10, 20, 30):
@@ -109,7 +123,7 @@ def _diff(summary: dict[str, dict[str, Any]], a: str, b: str) -> tuple[float | N
 
 
 def quality_bar(summary: dict[str, dict[str, Any]]) -> list[BarCheck]:
-    """The evaluation issue's bar, on the means over seeds (``worst`` is the worst seed)."""
+    """The bar set for the digits demo, on the means over seeds (``worst``: the worst seed)."""
 
     def get(key: str, worst: str) -> tuple[float | None, float | None]:
         entry = summary.get(key, {})
