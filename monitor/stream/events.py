@@ -13,8 +13,12 @@ after a crash or a rebalance gives the same id, so at-least-once duplicates shar
 Dead letters get none of these: they are the original record, its headers included (an
 input record may be a CloudEvent of its own), and say why in ``dmon.*`` headers.
 
-Written by hand rather than with the ``cloudevents`` package: the binding is eight fixed
-headers, and building an SDK event object per alert would cost more than the alert.
+Written by hand rather than with the ``cloudevents`` package (2.2): the binding is eight
+fixed headers, and building, validating and serialising an SDK event took 34 us per
+alert against 2 us for ``orjson`` and these headers. The headers themselves are not
+free: building and producing 2,048 alerts cost 45 us each with them, 23 us without
+(librdkafka copies every header, and a message with headers keeps its own delivery
+callback, ``Publisher._answer``); a flagged row is rare enough for that.
 """
 
 from __future__ import annotations
