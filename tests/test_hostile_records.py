@@ -149,8 +149,10 @@ def test_alerts_of_a_many_row_message_parse_nothing_again() -> None:
     was parsed 1,000 times on the scoring thread)."""
     import numpy as np
     from confluent_kafka import Message
+    from contract import check_outgoing
 
     from monitor.stream.alerts import DetectorIdentity
+    from monitor.stream.events import source_of
     from monitor.stream.outputs import alerts
     from monitor.stream.scoring import BatchScores
 
@@ -179,9 +181,9 @@ def test_alerts_of_a_many_row_message_parse_nothing_again() -> None:
         np.ones(rows, np.float32), np.ones(rows, bool), np.zeros(rows), np.zeros(rows), identity
     )
     Counting.reads = 0
-    published = alerts([message], decoded, scores, "alerts")
+    published = alerts([message], decoded, scores, "alerts", source_of("g"))
     assert len(published) == rows
     assert Counting.reads == 0, "the decoder read id and context already"
-    assert json.loads(published[-1].value)["id"] == f"req-7#{rows - 1}"
+    assert check_outgoing(published[-1])["id"] == f"req-7#{rows - 1}"
     assert json.loads(published[0].value)["context"] == {"parameters": {"tenant": "a"}}
     assert published[0].key.startswith(b"sha256:")  # a 1,000-byte key is not repeated
