@@ -8,7 +8,7 @@ from monitor.config import add_arguments
 
 ORDER = 12
 #: The worker options that say where the alerts are; the rest do not apply here.
-READER_OPTIONS = ("bootstrap_servers", "alert_topic", "drift_topic", "group_id", "log_format")
+READER_OPTIONS = ("bootstrap_servers", "alert_topic", "drift_topic", "log_format")
 
 DESCRIPTION = """\
 Print the alerts on the alert topic, one line each (or one JSON object per line with
