@@ -539,8 +539,14 @@ def add_arguments(parser: argparse.ArgumentParser, only: Sequence[str] | None = 
     )
 
 
+def _upper(opt: Option, raw: Any) -> Any:
+    """``raw`` in upper case for options matched that way (``Option.upper``)."""
+    return raw.upper() if opt.upper and isinstance(raw, str) else raw
+
+
 def _coerce(opt: Option, raw: Any, source: str) -> Any:
     where = f"{opt.name} (from {source})"
+    raw = _upper(opt, raw)
     try:
         if opt.kind is bool:
             if isinstance(raw, bool):
@@ -564,7 +570,7 @@ def _coerce(opt: Option, raw: Any, source: str) -> Any:
         else:
             if not isinstance(raw, str | int | float):
                 raise ValueError(f"expected a string, got {type(raw).__name__}")
-            value = str(raw).upper() if opt.upper else str(raw)
+            value = str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid {where}: {exc}") from None
     if opt.choices is not None and value not in opt.choices:
