@@ -14,7 +14,7 @@ SOAK_ARGS ?=
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help venv tools kafka-up kafka-down kafka-status kafka-logs lint test demo bench bench-quick soak clean
+.PHONY: help venv tools kafka-up kafka-down kafka-status kafka-logs lint test demo bench bench-quick soak clean image wheelhouse
 
 help:
 	@echo "make demo        end-to-end demo: broker, detector, worker, clean+corrupted traffic"
@@ -25,6 +25,7 @@ help:
 	@echo "                 (SOAK_ARGS=\"--minutes 2\" for a short run)"
 	@echo "make kafka-up | kafka-down | kafka-status | kafka-logs   the local broker"
 	@echo "make lint        ruff + mypy"
+	@echo "make image       the container image, built offline with podman (make wheelhouse: the wheels only)"
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,13 @@ tools:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat prometheus >/dev/null; }
 	@# The Debian package starts a system Prometheus on :9090; the tests run their own.
 	@(systemctl stop prometheus 2>/dev/null; service prometheus stop 2>/dev/null; pkill -x prometheus 2>/dev/null) >/dev/null 2>&1 || true
+
+# The image: podman, a debootstrap base and a wheelhouse, each made once (deploy/image/build.py).
+image: venv
+	$(PY) deploy/image/build.py
+
+wheelhouse: venv
+	$(PY) deploy/image/build.py wheelhouse
 
 kafka-up: venv
 	$(KAFKA) up

@@ -28,11 +28,12 @@ from monitor.config import OPTION_BY_NAME
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+IMAGE_DIR = ROOT / "deploy" / "image"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
-DEMO_DETECTOR_MOUNT = "./.local/demo-detector"
-EXPECTED_SERVICES = {"kafka", "topics", "monitor", "producer", "prometheus", "grafana"}
+DETECTOR_VOLUME = "detector"
+EXPECTED_SERVICES = {"kafka", "topics", "detector", "monitor", "producer", "prometheus", "grafana"}
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -97,13 +98,6 @@ def host_path_for(service: dict[str, Any], container_path: str) -> Path:
     raise AssertionError(f"{container_path} is not inside any bind mount")
 
 
-def makefile_variable(name: str) -> str:
-    text = (ROOT / "Makefile").read_text()
-    match = re.search(rf"^{name}\s*\??:?=\s*(\S+)\s*$", text, re.M)
-    assert match, f"Makefile defines no {name}"
-    return match.group(1)
-
-
 def parse_cli(argv: list[str]) -> Any:
     try:
         return build_parser().parse_args(argv)
@@ -164,7 +158,7 @@ def test_compose_uses_official_pinned_images_and_kafka_matches_the_local_broker(
 def test_compose_builds_monitor_and_producer_from_the_dockerfile(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    for name in ("monitor", "producer"):
+    for name in ("detector", "monitor", "producer"):
         build = services[name]["build"]
         assert (ROOT / build["context"]).resolve() == ROOT
         assert (ROOT / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
@@ -174,20 +168,60 @@ def test_every_compose_bind_mount_exists_in_the_repo(
     services: dict[str, dict[str, Any]],
 ) -> None:
     mounts = list(bind_mounts(services))
-    assert {name for name, *_ in mounts} >= {"monitor", "producer", "prometheus", "grafana"}
+    # Only configuration from the repository: nothing that a host Python must build first.
+    assert {name for name, *_ in mounts} == {"prometheus", "grafana"}
     for name, source, _, _ in mounts:
-        if source == DEMO_DETECTOR_MOUNT:
-            continue  # built by `make demo`, checked against the Makefile below
         assert (ROOT / source).exists(), f"{name} mounts {source}, which does not exist"
 
 
-def test_the_detector_mount_is_what_make_demo_builds_and_is_read_only(
+def test_the_one_shot_detector_service_fills_the_volume_the_workers_read(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    assert DETECTOR_VOLUME in compose["volumes"]
+    one_shot = services["detector"]
+    assert list(volumes_of(one_shot)) == [(DETECTOR_VOLUME, "/detector", False)]
+    assert one_shot["restart"] == "no"
+    [script] = one_shot["command"]
+    assert one_shot["entrypoint"] == ["/bin/sh", "-c"]
+    test, _, run = script.partition(" || exec ")
+    detector_path = env_map(services["monitor"]["environment"])["DMON_DETECTOR"]
+    assert test == f"test -f {detector_path}/manifest.json"
+    argv = shlex.split(run)
+    assert argv[0] == "distillation-monitor"
+    args = parse_cli(argv[1:])
+    assert args.command == "demo-detector" and args.out == detector_path
+    producer = services["producer"]["command"]
+    assert producer[producer.index("--detector") + 1] == detector_path
+    for name in ("monitor", "producer"):
+        assert list(volumes_of(services[name])) == [(DETECTOR_VOLUME, "/detector", True)], name
+        assert services[name]["depends_on"]["detector"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def test_the_image_lets_its_user_write_an_empty_detector_volume() -> None:
+    """A new named volume takes the owner of the image's directory it is mounted on."""
+    runs = " ".join(rest for instr, rest in dockerfile_instructions() if instr == "RUN")
+    assert "install -d -o 10001 -g 10001 /detector" in runs
+    assert dockerfile_user_uid() == 10001
+
+
+def test_services_wait_on_conditions_and_healthy_means_a_healthcheck(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    assert "./" + makefile_variable("DEMO_DETECTOR") == DEMO_DETECTOR_MOUNT
-    for name in ("monitor", "producer"):
-        detector = [(t, ro) for s, t, ro in volumes_of(services[name]) if s == DEMO_DETECTOR_MOUNT]
-        assert detector == [("/detector", True)], name
+    image_has_healthcheck = any(instr == "HEALTHCHECK" for instr, _ in dockerfile_instructions())
+    for name, service in services.items():
+        depends = service.get("depends_on", {})
+        assert isinstance(depends, dict), f"{name}: depends_on without conditions"
+        for other, rule in depends.items():
+            assert rule["condition"] in {"service_healthy", "service_completed_successfully"}
+            if rule["condition"] == "service_healthy":
+                check = services[other].get("healthcheck", {})
+                own = "test" in check and not check.get("disable")
+                built = "build" in services[other] and image_has_healthcheck
+                assert own or (built and not check.get("disable")), f"{other} has no healthcheck"
+    assert services["prometheus"]["depends_on"]["monitor"]["condition"] == "service_healthy"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
 
 
 def test_compose_prometheus_mounts_the_config_and_rules_promtool_tests(
@@ -221,7 +255,7 @@ def test_compose_monitor_env_is_accepted_by_the_real_config_loader(
     assert unknown == []
     config = load_env_config(env, detector_dir)
     assert config.metrics_host == "0.0.0.0"
-    assert env["DMON_DETECTOR"] == "/detector"
+    assert PurePosixPath(env["DMON_DETECTOR"]).is_relative_to("/detector")
     assert config.input_topic == "inference-records"
 
 
@@ -416,8 +450,8 @@ def test_dockerfile_listens_beyond_loopback_and_mounts_the_detector() -> None:
 
 
 def test_dockerfile_installs_runtime_dependencies_only() -> None:
-    text = DOCKERFILE.read_text()
-    assert "['project']['dependencies']" in text
+    text = DOCKERFILE.read_text() + (IMAGE_DIR / "requirements.py").read_text()
+    assert '["project"]["dependencies"]' in text
     assert "optional-dependencies" not in text
     assert not re.search(r"\[(dev|eval)", text)
     sources = [
@@ -425,7 +459,30 @@ def test_dockerfile_installs_runtime_dependencies_only() -> None:
         for instr, rest in dockerfile_instructions()
         if instr == "COPY" and not rest.startswith("--from")
     ]
-    assert sorted(s for src in sources for s in src) == ["README.md", "monitor", "pyproject.toml"]
+    assert sorted(s for src in sources for s in src) == [
+        "README.md",
+        "deploy/image/constraints.txt",
+        "deploy/image/requirements.py",
+        "monitor",
+        "pyproject.toml",
+        "setup.py",
+    ]
+    mounts = re.findall(r"--mount=type=bind,source=(\S+),target=/wheels", text)
+    assert mounts and set(mounts) == {"deploy/image/wheelhouse"}
+    assert (IMAGE_DIR / "wheelhouse").is_dir()
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches the path or a parent of it decides."""
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        bare = pattern.lstrip("!").rstrip("/")
+        parts = PurePosixPath(path).parts
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch(prefix, bare) for prefix in prefixes):
+            ignored = not negated
+    return ignored
 
 
 def test_dockerignore_keeps_local_state_out_and_the_copied_sources_in() -> None:
@@ -434,7 +491,15 @@ def test_dockerignore_keeps_local_state_out_and_the_copied_sources_in() -> None:
         for line in DOCKERIGNORE.read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    for excluded in (".venv", ".local", ".git", "tests"):
-        assert excluded in patterns
-    for needed in ("pyproject.toml", "README.md", "monitor", "monitor/cli.py"):
-        assert not any(fnmatch(needed, p) for p in patterns), needed
+    for excluded in (".venv", ".local/kafka", ".git", "tests/x.py", "deploy/k8s/pdb.yaml"):
+        assert dockerignored(excluded, patterns), excluded
+    for needed in (
+        "pyproject.toml",
+        "setup.py",
+        "README.md",
+        "monitor/cli.py",
+        "deploy/image/requirements.py",
+        "deploy/image/constraints.txt",
+        "deploy/image/wheelhouse/numpy-2.4.6-cp311-cp311-manylinux_2_27_x86_64.whl",
+    ):
+        assert not dockerignored(needed, patterns), needed
