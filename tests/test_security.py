@@ -242,12 +242,15 @@ def test_the_decoding_child_inherits_no_kafka_settings_or_other_secrets(
     decoder.start()
     try:
         assert decoder.pid is not None
-        env = child_environ(decoder.pid)
         decoded = decoder.decode(messages)
         assert decoder.fallbacks == 0, "the child decoded the batch itself"
+        # Read once the child has answered: Popen returns when exec closes its pipe,
+        # before the kernel has set up the new environment (/proc reads it as empty).
+        env = child_environ(decoder.pid)
     finally:
         decoder.close()
     np.testing.assert_array_equal(decoded.X, RecordDecoder(spec).decode(messages).X)
     assert not [name for name in env if name.startswith("DMON_") or "SECRET" in name]
     assert not [value for value in env.values() if WRONG_PASSWORD in value]
+    assert "PATH" in env, f"no environment read from the child: {env}"
     assert env["OMP_NUM_THREADS"] == "1"  # thread settings still reach the child
