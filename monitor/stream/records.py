@@ -42,6 +42,7 @@ from monitor.stream.formats import (
     v2_rows,
 )
 from monitor.stream.headers import (
+    MAX_VALUE_CHARS,
     Headers,
     ModelLabels,
     decoder_facts,
@@ -469,36 +470,43 @@ def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Found | None]
     brackets, unit_rows = expected.count(b"["), plan.shape[-1] == 1
     max_context = decoder.spec.max_context_bytes
 
-    def proven_flat(raw: bytes, has_out: bool) -> bool:
-        second = raw.find(b"[", raw.find(b"[") + 1)
-        return (
-            second < 0
-            or (has_out and raw.find(b"[", second + 1) < 0)
-            or (flat_value(raw, b'"instance"') and (not has_out or flat_value(raw, b'"output"')))
+    def flat_rest(raw: bytes, second: int, has_out: bool) -> bool:
+        """The flat proof past a second ``[`` (the output's, or a context array's)."""
+        return (has_out and raw.find(b"[", second + 1) < 0) or (
+            flat_value(raw, b'"instance"') and (not has_out or flat_value(raw, b'"output"'))
         )
 
-    def proven_nested(raw: bytes, has_out: bool) -> bool:
+    def nested_buffer(raw: bytes, inst: Any, has_out: bool) -> Any:
+        """A nested instance's numbers, once its raw text proves the shape; else None."""
+        if type(inst[0]) is not Array:
+            return None
         bare = raw.translate(None, NUMBER_AND_SPACE)
-        if bare.count(b"[") == brackets + has_out and bare.startswith(expected, bare.find(b"[[")):
-            return True
-        start = array_start(raw, b'"instance"')
-        return (
-            start >= 0
-            and skeleton_at(raw, start, expected)
-            and (not has_out or flat_value(raw, b'"output"'))
-        )
+        if not (
+            bare.count(b"[") == brackets + has_out and bare.startswith(expected, bare.find(b"[["))
+        ):
+            start = array_start(raw, b'"instance"')
+            if not (
+                start >= 0
+                and skeleton_at(raw, start, expected)
+                and (not has_out or flat_value(raw, b'"output"'))
+            ):
+                return None
+        x = inst.as_buffer(of_type="d")
+        # [] and [5] share a skeleton, [,] and [1,2] don't
+        return None if unit_rows and count_of(x) != size else x
 
-    def proven(raw: bytes, inst: Any, has_out: bool) -> bool:
-        if flat:
-            return proven_flat(raw, has_out)
-        return type(inst[0]) is Array and proven_nested(raw, has_out)
+    def output_of(doc: Any) -> Any:
+        out = doc["output"]
+        return out.as_buffer(of_type="d") if type(out) is Array and len(out) == n_classes else None
 
+    # One call per message in the common case: each further Python call in here (the
+    # flat proof, the id) cost several percent of the decoding children's time, and
+    # they are the worker's bottleneck.
     def rows(raw: bytes | None) -> Found | None:
         if not raw or len(raw) > max_bytes:
             return None
         doc: Any = None
         inst: Any = None
-        out: Any = None
         try:
             doc = decoder._parser.parse(raw)
             if type(doc) is not simdjson.Object:
@@ -507,27 +515,32 @@ def _fast_json(decoder: RecordDecoder) -> Callable[[bytes | None], Found | None]
             if "instance" not in keys or len(set(keys)) != len(keys) or not _NO_LABELS(keys):
                 return None
             inst = doc["instance"]
+            if type(inst) is not Array or len(inst) != shape0:
+                return None
             has_out = "output" in keys
-            out = doc["output"] if has_out else None
-            if not (
-                type(inst) is Array
-                and len(inst) == shape0
-                and (not has_out or (type(out) is Array and len(out) == n_classes))
-                and proven(raw, inst, has_out)
+            y = None
+            if has_out and (y := output_of(doc)) is None:
+                return None
+            if not flat:
+                if (x := nested_buffer(raw, inst, has_out)) is None:
+                    return None
+            elif (second := raw.find(b"[", raw.find(b"[") + 1)) >= 0 and not flat_rest(
+                raw, second, has_out
             ):
                 return None
-            x = inst.as_buffer(of_type="d")
-            if unit_rows and not flat and count_of(x) != size:
-                return None  # [] and [5] share a skeleton, [,] and [1,2] don't
-            y = out.as_buffer(of_type="d") if has_out else None
-            if len(keys) == 1 + has_out:  # no id, no context: the cheapest record
+            else:
+                x = inst.as_buffer(of_type="d")
+            extra = len(keys) - 1 - has_out
+            if not extra:  # no id, no context: the cheapest record
                 return (1, x, y, None), None, None
-            body_id, context = _identity_of(doc, keys, _JSON_FIELDS, max_context)
-            return (1, x, y, None), body_id, context
+            if extra == 1 and type(body_id := doc.get("id")) is str:
+                return (1, x, y, None), body_id[:MAX_VALUE_CHARS], None  # as _text_id
+            found_id, context = _identity_of(doc, keys, _JSON_FIELDS, max_context)
+            return (1, x, y, None), found_id, context
         except Exception:  # the general path says what is wrong (with a fresh parser)
             return None
         finally:
-            doc = inst = out = None
+            doc = inst = None
 
     return rows
 
