@@ -736,12 +736,23 @@ def check_outputs(
     return v
 
 
+#: What a dead letter adds to the original headers (an input header may be ``dmon.``
+#: too: ``dmon.response`` carries a v2-protobuf record's model output).
+DEAD_LETTER_HEADERS = (
+    "dmon.reason",
+    "dmon.error",
+    "dmon.source.",
+    "dmon.shortened",
+    "dmon.original.",
+)
+
+
 def dead_letter_problems(p: Planned, m: Consumed, input_topic: str) -> list[str]:
     """What is wrong with dead letter ``m`` of record ``p`` (whole, or shortened)."""
     problems: list[str] = []
     h = dict(m.headers)
-    ours = [(k, v) for k, v in m.headers if k.startswith("dmon.")]
-    theirs = [(k, v) for k, v in m.headers if not k.startswith("dmon.")]
+    ours = [(k, v) for k, v in m.headers if k.startswith(DEAD_LETTER_HEADERS)]
+    theirs = [(k, v) for k, v in m.headers if not k.startswith(DEAD_LETTER_HEADERS)]
     original = [(k, v) for k, v in p.headers or ()]
     value = p.value or b""
 
