@@ -59,6 +59,21 @@ def kafka_logger(client: str) -> logging.Logger:
     return logging.getLogger(f"{KAFKA_LOGGER}.{client}")
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged, not the stream of the
+    moment it was set up: a command run in-process (tests, an embedding application) may
+    swap stderr, and a handler holding a closed stream turns every later line into a
+    logging error."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text", *, replace: bool = True) -> None:
     """Send log lines to stderr at ``level`` (validated by ``config``).
 
@@ -68,7 +83,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", *, replace: bool = Tru
     root = logging.getLogger()
     if root.handlers and not replace:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
