@@ -8,11 +8,14 @@ start it creates missing output topics with the input topic's partition count.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from monitor.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +24,11 @@ def ensure_topics(
     admin_conf: dict[str, Any], input_topic: str, outputs: Sequence[str], timeout: float = 30.0
 ) -> None:
     """Create missing ``outputs``; warn (don't fail) when the input topic is missing."""
-    admin = AdminClient(admin_conf)
+    errors: list[KafkaError] = []
+    conf: dict[str, Any] = {**admin_conf, "error_cb": errors.append}
+    admin = AdminClient(conf)
     try:
-        metadata = admin.list_topics(timeout=timeout)
+        metadata = _list_topics(admin, errors, timeout)
     except KafkaException as exc:
         log.warning(
             "could not list topics (%s); assuming they exist", exc.args[0] if exc.args else exc
@@ -61,6 +66,36 @@ def ensure_topics(
                 continue
             log.warning("could not create output topic %s: %s", topic, err)
     admin.poll(0)
+
+
+#: Errors that no retry fixes: the credentials or the permissions are wrong.
+AUTH_ERRORS = frozenset(
+    {
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
+
+
+def _list_topics(admin: AdminClient, errors: list[KafkaError], timeout: float) -> Any:
+    """``list_topics`` in short steps, serving the client's log lines and errors between
+    them: a wrong password fails at once and says so (librdkafka would otherwise keep
+    retrying silently until ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+        except KafkaException:
+            admin.poll(0)
+            denied = next((e for e in errors if e.code() in AUTH_ERRORS), None)
+            if denied is not None:
+                raise ConfigError(
+                    f"Kafka refused the credentials: {denied.str()} (check the SASL or SSL "
+                    "settings, e.g. DMON_KAFKA_SASL_PASSWORD)"
+                ) from None
+            if time.monotonic() >= deadline:
+                raise
 
 
 def message_limits(
