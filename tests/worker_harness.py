@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 import requests
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.config import WorkerConfig
@@ -148,13 +148,39 @@ def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+def committed_offsets(
+    bootstrap: str, group: str, topic: str, partitions: int, patience_s: float = 120.0
+) -> list[int]:
+    """The group's committed offsets. While the broker cannot tell yet (its group
+    coordinator moving or loading: retriable errors), asks again, up to ``patience_s``."""
+    deadline = time.monotonic() + patience_s
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return [tp.offset for tp in tps]
+        while True:
+            try:
+                tps = consumer.committed(
+                    [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+                )
+                return [tp.offset for tp in tps]
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = isinstance(err, KafkaError) and (
+                    err.retriable() or err.code() in COORDINATOR_ERRORS
+                )
+                if not retriable or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()
+
+
+COORDINATOR_ERRORS = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)
 
 
 def json_record(record_id: str, instance: np.ndarray, **extra: Any) -> bytes:
