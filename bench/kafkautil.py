@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -10,7 +11,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-BOOTSTRAP = "127.0.0.1:19092"
+#: The local broker (``make kafka-up``), on the port ``DMON_LOCAL_KAFKA_PORT`` moves it to.
+BOOTSTRAP = f"127.0.0.1:{os.environ.get('DMON_LOCAL_KAFKA_PORT', '19092')}"
 PREFIX = "bench-"
 
 
