@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 import simdjson
 
@@ -448,6 +448,29 @@ def _fits(declared: tuple[int, ...], feature: tuple[int, ...]) -> bool:
     return True
 
 
+class Shaped(Protocol):
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+ShapedT = TypeVar("ShapedT", bound=Shaped)
+
+
+def fitting_tensor(tensors: Sequence[ShapedT], spec: InputSpec) -> ShapedT:
+    """The input tensor the model reads: the only one, or the only one of several whose
+    shape fits the model's input (a request may carry other inputs too)."""
+    if len(tensors) == 1:
+        return tensors[0]
+    fitting = [t for t in tensors if _fits(t.shape, spec.shape)]
+    if len(fitting) != 1:
+        reject(
+            Reason.SCHEMA,
+            f"{len(tensors)} input tensors and {len(fitting)} of them fit shape "
+            f"{list(spec.shape)}; expected exactly one",
+        )
+    return fitting[0]
+
+
 def v2_rows(doc: Any, keys: list[str], raw: bytes, spec: InputSpec) -> Rows | None:
     """Open Inference Protocol request (or request + response); None for a response."""
     if "inputs" not in keys:
@@ -459,17 +482,7 @@ def v2_rows(doc: Any, keys: list[str], raw: bytes, spec: InputSpec) -> Rows | No
         reject(Reason.SCHEMA, f"inputs must be an array, got {kind_of(inputs)}")
     if len(inputs) == 0:
         reject(Reason.SCHEMA, "inputs is empty")
-    tensors = [read_tensor(t, f"inputs[{i}]") for i, t in enumerate(inputs)]
-    if len(tensors) > 1:
-        fitting = [t for t in tensors if _fits(t.shape, spec.shape)]
-        if len(fitting) != 1:
-            reject(
-                Reason.SCHEMA,
-                f"{len(tensors)} input tensors and {len(fitting)} of them fit shape "
-                f"{list(spec.shape)}; expected exactly one",
-            )
-        tensors = fitting
-    tensor = tensors[0]
+    tensor = fitting_tensor([read_tensor(t, f"inputs[{i}]") for i, t in enumerate(inputs)], spec)
     n = check_rows(rows_in(tensor.shape, spec.shape, "inputs[0]"), spec, "inputs[0]")
     x = tensor_numbers(tensor.data, tensor.shape, "inputs[0].data", raw, b'"data"')
     y = None

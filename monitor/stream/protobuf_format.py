@@ -53,6 +53,7 @@ from monitor.stream.formats import (
     Reason,
     Rows,
     check_rows,
+    fitting_tensor,
     reject,
     rows_in,
 )
@@ -289,14 +290,6 @@ def _checked_raw(raw: Any, tensors: int, kind: str) -> bool:
     return True
 
 
-def _fits(shape: tuple[int, ...], feature: tuple[int, ...]) -> bool:
-    try:
-        rows_in(shape, feature, "")
-    except DecodeError:
-        return False
-    return True
-
-
 def _parameters(parameters: Any) -> dict[str, Any]:
     """The request's parameters as plain values (a bounded number of them)."""
     out: dict[str, Any] = {}
@@ -420,17 +413,9 @@ class ProtobufReader:
         if len(inputs) > MAX_TENSORS:
             reject(Reason.SCHEMA, f"{len(inputs)} input tensors, at most {MAX_TENSORS}")
         has_raw = _checked_raw(request.raw_input_contents, len(inputs), "input_contents")
-        tensors = [_declared(t, i, f"inputs[{i}]") for i, t in enumerate(inputs)]
-        if len(tensors) > 1:
-            fitting = [t for t in tensors if _fits(t.shape, spec.shape)]
-            if len(fitting) != 1:
-                reject(
-                    Reason.SCHEMA,
-                    f"{len(tensors)} input tensors and {len(fitting)} of them fit shape "
-                    f"{list(spec.shape)}; expected exactly one",
-                )
-            tensors = fitting
-        tensor = tensors[0]
+        tensor = fitting_tensor(
+            [_declared(t, i, f"inputs[{i}]") for i, t in enumerate(inputs)], spec
+        )
         what = f"inputs[{tensor.index}]"
         if tensor.datatype not in V2_NUMERIC:
             reject(Reason.DTYPE, f"{what}.datatype {tensor.datatype[:32]!r} is not numeric")
