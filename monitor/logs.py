@@ -82,8 +82,12 @@ def setup_logging(level: str = "INFO", fmt: str = "text", *, replace: bool = Tru
     """
     root = logging.getLogger()
     if root.handlers and not replace:
+        # Ours print at the level asked now, not one an earlier in-process command set.
+        for ours in (h for h in root.handlers if isinstance(h, StderrHandler)):
+            ours.setLevel(level.upper())
         return
     handler = StderrHandler()
+    handler.setLevel(level.upper())  # a logger set lower elsewhere does not reach stderr
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
+import signal
+import threading
+from collections.abc import Iterator
 
 from monitor.demo.options import DEFAULT_DURATION, add_traffic_arguments, traffic_spec_kwargs
 
@@ -140,8 +145,31 @@ def run(args: argparse.Namespace) -> int:
         line.show(sent.progress(elapsed, total), elapsed)
 
     records = traffic.records(total, malformed)
-    sent = send_steadily(producer, args.topic, records, args.rate, progress)
+    with _stop_on_signals() as stop:
+        wanted = itertools.takewhile(lambda _record: not stop.is_set(), records)
+        sent = send_steadily(producer, args.topic, wanted, args.rate, progress)
     line.show(sent.progress(sent.seconds, total), sent.seconds)
     line.finish()
-    print(f"done: {sent.total} records in {sent.seconds:.1f}s ({sent.rate:.0f}/s)")
+    how = "stopped" if stop.is_set() else "done"
+    print(f"{how}: {sent.total} records in {sent.seconds:.1f}s ({sent.rate:.0f}/s)")
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C or SIGTERM ends the traffic after the record in hand, and what was sent is
+    still flushed: an interrupt raised inside the client's callbacks (its log lines run
+    Python code within ``poll``) would leave it in an undefined state."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {s: signal.signal(s, lambda _n, _f: stop.set()) for s in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
