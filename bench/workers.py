@@ -42,6 +42,18 @@ def peak_rss_kb(pid: int) -> float:
     return float("nan")
 
 
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (NaN once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def _cmdline(pid: int) -> bytes | None:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -102,6 +114,12 @@ class WorkerProcess:
             if self.proc.pid in peaks:
                 self.peak_rss_mb = sum(peaks.values()) / 1024.0
             time.sleep(0.02)
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of (this process, its decoding children together)."""
+        own = cpu_seconds(self.proc.pid)
+        children = [cpu_seconds(c) for c in children_of(self.proc.pid)]
+        return own, sum(c for c in children if c == c)
 
     def exited(self) -> bool:
         """True once the process has exited (and was reaped)."""
@@ -173,6 +191,10 @@ class ThroughputRun:
     startup_s: float
     peak_rss_mb: list[float] = field(default_factory=list)
     alert_topic: str = ""
+    #: CPU µs per record between the first commit and the last, of the worker process
+    #: itself and of its decoding children (one worker only; None otherwise).
+    cpu_us_worker: float | None = None
+    cpu_us_decoders: float | None = None
 
     @property
     def rate(self) -> float:
@@ -212,13 +234,16 @@ def throughput(
                 args += ["--max-records", str(total)]
             procs.append(WorkerProcess.start(args, logs / f"{label}-{i}.log", env))
         first: tuple[float, int] | None = None
+        cpu_first = cpu_last = (float("nan"), float("nan"))
         deadline = launched + timeout
         while True:
             done = watcher.total()
             now = time.monotonic()
             if first is None and done > 0:
                 first = (now, done)
+                cpu_first = procs[0].cpu()
             if done >= total:
+                cpu_last = procs[0].cpu()
                 break
             if now > deadline:
                 raise RuntimeError(f"{label}: {done}/{total} committed after {timeout:.0f}s")
@@ -248,4 +273,17 @@ def throughput(
         startup_s=first[0] - launched,
         peak_rss_mb=[p.peak_rss_mb or 0.0 for p in procs],
         alert_topic=alert_topic,
+        **_cpu_per_record(cpu_first, cpu_last, total - first[1], workers),
     )
+
+
+def _cpu_per_record(
+    first: tuple[float, float], last: tuple[float, float], records: int, workers: int
+) -> dict[str, float | None]:
+    if workers != 1 or records <= 0:
+        return {"cpu_us_worker": None, "cpu_us_decoders": None}
+    worker, decoders = ((b - a) * 1e6 / records for a, b in zip(first, last, strict=True))
+    return {
+        "cpu_us_worker": worker if worker == worker else None,
+        "cpu_us_decoders": decoders if decoders == decoders else None,
+    }

@@ -601,10 +601,24 @@ def test_a_stuck_parser_is_replaced_and_decoding_goes_on() -> None:
     decoder = RecordDecoder(FLAT)
     stuck = decoder._parser
     leaked = stuck.parse(b'{"a": [1]}')  # a proxy kept alive blocks re-use
-    batch = decoder.decode([msg(good_record(FLAT, i)) for i in range(3)])
+    # a context field keeps these records off the whole-batch path, whose parser is its own
+    batch = decoder.decode([msg(good_record(FLAT, i, note="n")) for i in range(3)])
     assert batch.dead == [] and len(batch.X) == 3
     assert decoder._parser is not stuck
     assert leaked is not None  # still alive here
+
+
+def test_a_stuck_batch_parser_is_replaced_and_its_batch_decoded_one_by_one() -> None:
+    decoder = RecordDecoder(FLAT)
+    assert decoder._batch is not None
+    stuck = decoder._batch._parser
+    leaked = stuck.parse(b'{"a": [1]}')
+    records = [msg(good_record(FLAT, i)) for i in range(3)]
+    first = decoder.decode(records)
+    assert first.dead == [] and first.ids == ["good-0", "good-1", "good-2"]
+    assert decoder._batch._parser is not stuck
+    assert decoder._batch.rows([m.value() for m in records]) is not None  # the new one works
+    assert leaked is not None
 
 
 def test_decoder_reuse_across_batches_gives_independent_results() -> None:

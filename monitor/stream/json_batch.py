@@ -1,0 +1,193 @@
+"""Plain ``json`` records decoded a whole batch at a time: a few C-level passes, one parse.
+
+Per record, the decoder's Python work (a parse call, key checks, shape proofs) costs
+more than parsing the numbers. Most traffic is one layout over and over,
+``{"id": "...", "instance": [...], "output": [...]}`` (``id`` and ``output`` optional,
+in that order, nothing else), and a batch of such records is read from its messages
+joined with ``,\n``, none of which may hold a line break:
+
+1. a regular expression cuts out every id and instance (and output) and proves that each
+   message is exactly one such record: ``BETWEEN`` for records without outputs (it
+   matches only what lies between two instances), ``RECORD`` for records with them;
+   ids hold no quote, backslash or control character, so their bytes are the value;
+2. deleting the number characters from the instances, joined with ``MARK``, leaves the
+   batch's skeleton, which must be the input shape's, once per message;
+3. simdjson parses the instances as one array, which validates every number as JSON
+   and gives one float64 buffer for the batch.
+
+Anything else, or any doubt, returns None and the batch takes the per-record path,
+which decodes it as before and says what is wrong with a bad record. So every batch this
+path accepts decodes to the rows and ids the per-record path would give it (no record it
+accepts has context fields or model labels).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import simdjson
+
+from monitor.stream.formats import NUMBER_AND_SPACE, InputSpec, skeleton
+from monitor.stream.headers import MAX_VALUE_CHARS
+
+_SPACE = rb"[ \t\r]*"
+_NUMBERS = rb"\[[0-9eE.+\- \t\r,\[\]]*\]"
+
+
+def _field(name: bytes, value: bytes) -> bytes:
+    return b'"' + name + b'"' + _SPACE + b":" + _SPACE + value + _SPACE
+
+
+#: One record, groups (id, instance, output). No line break can match anywhere in it.
+RECORD = re.compile(
+    rb"\{"
+    + _SPACE
+    + rb"(?:"
+    + _field(b"id", rb'"([^"\\\x00-\x1f]*)"')
+    + rb","
+    + _SPACE
+    + rb")?"
+    + _field(b"instance", b"(" + _NUMBERS + b")")
+    + rb"(?:,"
+    + _SPACE
+    + _field(b"output", b"(" + _NUMBERS + b")")
+    + rb")?\}"
+)
+_GROUPS = RECORD.groups
+#: A record's end, the separator and the next record's start up to its instance: what
+#: lies between two records without outputs. Group (id,).
+BETWEEN = re.compile(
+    rb"\},\n\{"
+    + _SPACE
+    + rb"(?:"
+    + _field(b"id", rb'"([^"\\\x00-\x1f]*)"')
+    + rb","
+    + _SPACE
+    + rb")?"
+    + rb'"instance"'
+    + _SPACE
+    + b":"
+    + _SPACE
+)
+SEPARATOR = b",\n"
+#: Marks where one message's array ends and the next one's starts. No array text holds
+#: it, so the marks in the skeleton are exactly these, and each message's array must be
+#: exactly one copy of the shape's skeleton (brackets alone could be shifted between
+#: neighbours: ``[[1,2]`` and ``[3,4]],[[5,6],[7,8]]``).
+MARK = b";"
+
+
+@dataclass
+class BatchRows:
+    """One row per message: float64 instances (n, size), outputs (n, classes) or None."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    ids: list[str | None]
+
+
+class JsonBatch:
+    """The whole-batch path for one input spec. Not thread-safe (one parser)."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self._size = spec.size
+        self._n_classes = spec.n_classes
+        self._max_bytes = spec.max_message_bytes
+        self._instance = skeleton(spec.shape)
+        self._output = skeleton((spec.n_classes,))
+        self._expected: dict[tuple[bytes, int], bytes] = {}
+        self._parser = simdjson.Parser()
+
+    def rows(self, values: Sequence[bytes | None]) -> BatchRows | None:
+        """Rows of every message, or None: some message is not a plain record (or
+        anything is odd), and the per-record path must decode the batch."""
+        n = len(values)
+        if not n or None in values:
+            return None
+        texts = cast(Sequence[bytes], values)
+        if max(map(len, texts)) > self._max_bytes:
+            return None
+        joined = SEPARATOR.join(texts)
+        if joined.count(b"\n") != n - 1:
+            return None
+        if joined.find(b'"output"') < 0:
+            return self._without_outputs(joined, n)
+        parts = RECORD.split(joined)
+        step = _GROUPS + 1
+        if (
+            len(parts) != step * n + 1
+            or parts[0]
+            or parts[-1]
+            or parts[step:-1:step].count(SEPARATOR) != n - 1
+        ):
+            return None
+        try:
+            ids = [None if i is None else i.decode()[:MAX_VALUE_CHARS] for i in parts[1::step]]
+        except UnicodeDecodeError:
+            return None
+        x = self._numbers(parts[2::step], self._instance, n * self._size)
+        if x is None:
+            return None
+        outputs = parts[3::step]
+        if outputs.count(None) == n:
+            return BatchRows(x.reshape(n, self._size), None, ids)
+        y = self._numbers(outputs, self._output, n * self._n_classes)
+        if y is None:  # some records without an output, or a wrong one
+            return None
+        return BatchRows(x.reshape(n, self._size), y.reshape(n, self._n_classes), ids)
+
+    def _without_outputs(self, joined: bytes, n: int) -> BatchRows | None:
+        """The common case, cheaper: only what lies between the instances is matched.
+
+        With ``},\n`` put before the first record, each of the n line breaks is a
+        separator, and each ``BETWEEN`` match holds one: n matches mean every
+        separator follows a ``}`` and precedes the start of a record, and no message
+        holds two. What lies between a message's match and the next one (or the final
+        ``}``) must be one array of the input's shape (``MARK``): the skeleton and the
+        parse prove it.
+        """
+        parts = BETWEEN.split(b"}" + SEPARATOR + joined)
+        if len(parts) != 2 * n + 1 or parts[0] or not parts[-1].endswith(b"}"):
+            return None
+        try:
+            ids = [None if i is None else i.decode()[:MAX_VALUE_CHARS] for i in parts[1::2]]
+        except UnicodeDecodeError:
+            return None
+        instances = b"[" + MARK.join(parts[2::2])[:-1] + b"]"
+        x = self._parsed(instances, self._instance, n, n * self._size)
+        return None if x is None else BatchRows(x.reshape(n, self._size), None, ids)
+
+    def _numbers(self, texts: list[bytes], one: bytes, count: int) -> np.ndarray | None:
+        """Float64 numbers of arrays that each have the skeleton ``one``, or None."""
+        if None in texts:
+            return None
+        return self._parsed(b"[" + MARK.join(texts) + b"]", one, len(texts), count)
+
+    def _parsed(self, marked: bytes, one: bytes, n: int, count: int) -> np.ndarray | None:
+        """Float64 numbers of ``[a1;...;an]`` whose arrays each have the skeleton ``one``."""
+        if marked.translate(None, NUMBER_AND_SPACE) != self._skeleton(one, n):
+            return None
+        doc: Any = None
+        try:
+            doc = self._parser.parse(marked.replace(MARK, b","))
+            flat = np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
+        except (ValueError, RuntimeError, TypeError):
+            self._parser = simdjson.Parser()  # in case a proxy still holds the old one
+            return None
+        finally:
+            doc = None  # the parser is reused: no proxy may outlive this call
+        # A regular skeleton fixes the count, except that [] looks like [5].
+        return flat if len(flat) == count else None
+
+    def _skeleton(self, one: bytes, n: int) -> bytes:
+        key = (one, n)
+        found = self._expected.get(key)
+        if found is None:
+            if len(self._expected) > 8:  # batch sizes vary little; keep a few
+                self._expected.clear()
+            found = self._expected[key] = b"[" + MARK.join([one] * n) + b"]"
+        return found
