@@ -90,16 +90,30 @@ def _gradient_sign(model: keras.Model, x: Any, y: np.ndarray) -> Any:
 
 
 def fgsm(
-    model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, batch_size: int = 256
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    eps: float,
+    batch_size: int = 256,
+    scale: np.ndarray | None = None,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
 ) -> np.ndarray:
-    """Fast gradient sign method: one step of size ``eps`` up the loss of the true label."""
+    """Fast gradient sign method: one step of size ``eps`` up the loss of the true label.
+
+    ``scale`` (shaped like one input) makes the step ``eps * scale`` per feature, for
+    inputs without a common range; ``bounds`` clips the result (None: no clipping).
+    """
     import tensorflow as tf
 
     out = np.empty_like(np.asarray(x, dtype=np.float32))
+    size: Any = eps if scale is None else (eps * np.asarray(scale, dtype=np.float32))
     for start in range(0, len(x), batch_size):
         xb = tf.convert_to_tensor(x[start : start + batch_size], dtype=tf.float32)
         step = _gradient_sign(model, xb, y[start : start + batch_size])
-        out[start : start + batch_size] = tf.clip_by_value(xb + eps * step, 0.0, 1.0).numpy()
+        moved = xb + size * step
+        if bounds is not None:
+            moved = tf.clip_by_value(moved, *bounds)
+        out[start : start + batch_size] = moved.numpy()
     return out
 
 
@@ -112,24 +126,37 @@ def pgd(
     step_size: float | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    scale: np.ndarray | None = None,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
 ) -> np.ndarray:
-    """Projected gradient descent in the L-infinity ball of radius ``eps``, random start."""
+    """Projected gradient descent in the L-infinity ball of radius ``eps``, random start.
+
+    ``scale`` and ``bounds`` as for ``fgsm``: with a scale, the ball's radius is
+    ``eps * scale`` per feature (and ``step_size`` is in the same units as ``eps``).
+    """
     import tensorflow as tf
 
-    alpha = step_size if step_size is not None else 2.5 * eps / steps
+    unit: Any = 1.0 if scale is None else np.asarray(scale, dtype=np.float32)
+    radius: Any = eps if scale is None else eps * unit
+    alpha: Any = step_size if step_size is not None else 2.5 * eps / steps
+    alpha = alpha if scale is None else alpha * unit
     rng = np.random.default_rng(seed)
     x = np.asarray(x, dtype=np.float32)
     out = np.empty_like(x)
     for start in range(0, len(x), batch_size):
         x0 = x[start : start + batch_size]
         yb = y[start : start + batch_size]
-        adv = np.clip(x0 + rng.uniform(-eps, eps, x0.shape).astype(np.float32), 0.0, 1.0)
+        adv = _bounded(x0 + rng.uniform(-radius, radius, x0.shape).astype(np.float32), bounds)
         for _ in range(steps):
             xt = tf.convert_to_tensor(adv)
             adv = adv + alpha * _gradient_sign(model, xt, yb).numpy()
-            adv = np.clip(np.clip(adv, x0 - eps, x0 + eps), 0.0, 1.0).astype(np.float32)
+            adv = _bounded(np.clip(adv, x0 - radius, x0 + radius), bounds).astype(np.float32)
         out[start : start + batch_size] = adv
     return out
+
+
+def _bounded(x: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
+    return x if bounds is None else np.clip(x, *bounds)
 
 
 def harm_split(

@@ -134,7 +134,7 @@ BAD_INPUTS: dict[str, list[list[str]]] = {
             "none",
         ],
         ["evaluate", "--detector", "{detector}", "--data", "{npz}", "--seeds", "a"],
-        ["evaluate", "--detector", "{detector}", "--data", "{npz}", "--epsilons", "2"],
+        ["evaluate", "--detector", "{detector}", "--data", "{npz}", "--epsilons", "0"],
         ["evaluate", "--detector", "{detector}", "--data", "{npz}", "--max-rows", "0"],
         [
             "evaluate",

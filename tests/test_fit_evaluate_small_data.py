@@ -103,6 +103,7 @@ def test_evaluate_adapts_its_windows_to_the_clean_rows(
         [
             "evaluate", "--detector", str(small_detector),
             "--data", str(small[f"test{rows}"]), "--corrupted", str(small[f"noisy{rows}"]),
+            "--corruptions", "none", "--attacks", "none",  # only the user's set
             "--seeds", "0", "--trials", "20", "--no-plots", "--out", str(tmp_path),
         ]
     )  # fmt: skip

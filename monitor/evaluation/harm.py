@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from monitor.corruptions import NATURAL, fgsm, harm_split, pgd
+from monitor.evaluation.defaults import DEFAULT_EPSILONS, DEFAULT_TABULAR_EPSILONS
 from monitor.evaluation.metrics import (
     average_precision,
     flagged_rate,
@@ -23,11 +24,19 @@ from monitor.evaluation.metrics import (
     predictive_entropy,
     roc_auc,
 )
+from monitor.tabular_corruptions import TABULAR, FeatureStats, attack_scale
 
 if TYPE_CHECKING:
     import keras
 
 ATTACKS = ("fgsm", "pgd")
+# The two corruption families: images in [0, 1] (``monitor.corruptions``, epsilons in
+# pixel units) and tabular features (``monitor.tabular_corruptions``, everything in units
+# of each feature's standard deviation on clean training data).
+IMAGE = "image"
+TABULAR_FAMILY = "tabular"
+FAMILIES: dict[str, tuple[str, ...]] = {IMAGE: tuple(NATURAL), TABULAR_FAMILY: tuple(TABULAR)}
+FAMILY_EPSILONS = {IMAGE: DEFAULT_EPSILONS, TABULAR_FAMILY: DEFAULT_TABULAR_EPSILONS}
 # Cases with fewer harmful or harmless instances than this are reported but left out of
 # the summary means: an AUC over a handful of instances is noise.
 MIN_GROUP = 5
@@ -59,6 +68,7 @@ class CorruptionSpec:
     name: str
     kind: str  # "natural", "attack" or "user"
     level: float
+    family: str = IMAGE  # "image" or "tabular": which corruptions, which attack units
 
     @property
     def level_name(self) -> str:
@@ -82,19 +92,31 @@ def plan(
     severities: Sequence[int],
     attacks: Sequence[str],
     epsilons: Sequence[float],
+    family: str = IMAGE,
 ) -> list[CorruptionSpec]:
     """The built-in cases to run, natural corruptions first."""
-    unknown = [c for c in corruptions if c not in NATURAL] + [
-        a for a in attacks if a not in ATTACKS
-    ]
+    names = FAMILIES[family]
+    unknown = [c for c in corruptions if c not in names] + [a for a in attacks if a not in ATTACKS]
     if unknown:
         raise ValueError(
             f"unknown corruption(s) {', '.join(unknown)}; "
-            f"choose from {', '.join([*NATURAL, *ATTACKS])}"
+            f"choose from {', '.join([*names, *ATTACKS])}"
         )
-    specs = [CorruptionSpec(c, "natural", int(s)) for c in corruptions for s in severities]
-    specs += [CorruptionSpec(a, "attack", float(e)) for a in attacks for e in epsilons]
+    specs = [CorruptionSpec(c, "natural", int(s), family) for c in corruptions for s in severities]
+    specs += [CorruptionSpec(a, "attack", float(e), family) for a in attacks for e in epsilons]
     return specs
+
+
+def specs_for_kind(
+    kind: str, severities: Sequence[int], quick: bool = False
+) -> list[CorruptionSpec]:
+    """Every corruption and attack of a data kind ("image" or "tabular") at these
+    severities and the default epsilons (``quick``: only the middle one), as ``evaluate``
+    runs them."""
+    epsilons = [float(e) for e in FAMILY_EPSILONS[kind].split(",")]
+    if quick:
+        epsilons = epsilons[len(epsilons) // 2 :][:1]
+    return plan(FAMILIES[kind], severities, ATTACKS, epsilons, kind)
 
 
 def corrupt(
@@ -104,16 +126,33 @@ def corrupt(
     model: keras.Model | None,
     seed: int,
     pgd_steps: int = 10,
+    stats: FeatureStats | None = None,
 ) -> np.ndarray:
-    """The corrupted version of ``x`` for ``spec``; attacks need the classifier ``model``."""
+    """The corrupted version of ``x`` for ``spec``; attacks need the classifier ``model``.
+
+    Tabular specs need ``stats``: ``monitor.tabular_corruptions.feature_stats`` of clean
+    training inputs (not of ``x``), which set every corruption's and attack's scale.
+    """
+    rng = np.random.default_rng(spec.seed_for(seed))
+    if spec.family == TABULAR_FAMILY and stats is None:
+        raise ValueError(
+            f"{spec.label}: tabular corruptions need the feature statistics of clean "
+            "training data: pass stats=feature_stats(x_train)"
+        )
     if spec.kind == "natural":
-        return NATURAL[spec.name](x, int(spec.level), np.random.default_rng(spec.seed_for(seed)))
+        if stats is not None and spec.family == TABULAR_FAMILY:
+            return TABULAR[spec.name](x, int(spec.level), rng, stats)
+        return NATURAL[spec.name](x, int(spec.level), rng)
     if spec.kind != "attack" or model is None:
         raise ValueError(f"cannot build {spec.label} here")
+    # Tabular: epsilon in units of each feature's standard deviation, no [0, 1] clipping
+    # (the L-infinity ball of eps standard deviations bounds every feature's change).
+    scale = attack_scale(stats) if stats is not None and spec.family == TABULAR_FAMILY else None
+    bounds = None if scale is not None else (0.0, 1.0)
     if spec.name == "fgsm":
-        return fgsm(model, x, y, spec.level)
-    pgd_seed = int(np.random.default_rng(spec.seed_for(seed)).integers(2**31))
-    return pgd(model, x, y, spec.level, steps=pgd_steps, seed=pgd_seed)
+        return fgsm(model, x, y, spec.level, scale=scale, bounds=bounds)
+    pgd_seed = int(rng.integers(2**31))
+    return pgd(model, x, y, spec.level, steps=pgd_steps, seed=pgd_seed, scale=scale, bounds=bounds)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +17,27 @@ import numpy as np
 
 from monitor._version import __version__
 from monitor.config import WorkerConfig
-from monitor.corruptions import NATURAL
 from monitor.errors import EvaluationError
-from monitor.evaluation.defaults import (
-    DEFAULT_EPSILONS,
-    DEFAULT_SEEDS,
-    DEFAULT_SEVERITIES,
-    DEFAULT_TRIALS,
+from monitor.evaluation.cases import get_case
+from monitor.evaluation.defaults import CASES, DEFAULT_SEEDS, DEFAULT_SEVERITIES, DEFAULT_TRIALS
+from monitor.evaluation.harm import (
+    ATTACKS,
+    FAMILIES,
+    FAMILY_EPSILONS,
+    IMAGE,
+    MIN_GROUP,
+    TABULAR_FAMILY,
+    CorruptionSpec,
+    plan,
 )
-from monitor.evaluation.harm import ATTACKS, MIN_GROUP, CorruptionSpec, plan
+from monitor.evaluation.plans import (
+    SeedPlan,
+    case_clean_data,
+    case_name,
+    case_train_inputs,
+    load_for,
+    seed_plans,
+)
 from monitor.evaluation.report import (
     aggregate_rows,
     aggregate_windows,
@@ -38,6 +49,7 @@ from monitor.evaluation.report import (
 from monitor.evaluation.suite import SeedResult, SuiteOptions, planned_steps, run_seed
 from monitor.evaluation.summary import BAR_MIN_SEVERITY, across_seeds, quality_bar
 from monitor.evaluation.windows import DEFAULT_FRACTIONS, MIN_REFERENCE
+from monitor.tabular_corruptions import FeatureStats, feature_stats
 
 DEFAULT_WINDOW = 200
 MIN_WINDOW = 10
@@ -72,13 +84,14 @@ def parse_ints(text: str, what: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
-def parse_floats(text: str, what: str) -> list[float]:
+def parse_floats(text: str, what: str, upper: float = 1.0) -> list[float]:
+    """Positive numbers below ``upper``, in the order given, without repeats."""
     try:
         out = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
         raise EvaluationError(f"--{what}: expected numbers like 0.03,0.1, got {text!r}") from None
-    if not out or any(not 0 < v < 1 for v in out):
-        raise EvaluationError(f"--{what}: values must be between 0 and 1, got {text!r}")
+    if not out or any(not 0 < v < upper for v in out):
+        raise EvaluationError(f"--{what}: values must be between 0 and {upper:g}, got {text!r}")
     return list(dict.fromkeys(out))
 
 
@@ -142,47 +155,6 @@ def unit_range(x: np.ndarray) -> bool:
 # -- detectors ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SeedPlan:
-    seed: int
-    detector_dir: Path
-    build: bool  # build the digits demo detector here first
-    digits_seed: int | None  # the digits split whose test set is the clean data
-
-
-def demo_seed_of(detector_dir: Path) -> int | None:
-    """The digits split a demo detector was trained on (its demo.json), if it is one."""
-    from monitor.detector.demo import DEMO_INFO_FILE
-
-    info = detector_dir / DEMO_INFO_FILE
-    if not info.is_file():
-        return None
-    try:
-        return int(json.loads(info.read_text())["seed"])
-    except (ValueError, KeyError, TypeError, OSError):
-        raise EvaluationError(f"{info}: unreadable demo description") from None
-
-
-def seed_plans(args: argparse.Namespace, seeds: list[int], have_data: bool) -> list[SeedPlan]:
-    if args.detector:
-        where = Path(args.detector)
-        if not where.is_dir():
-            raise EvaluationError(f"{where}: no such detector directory")
-        digits_seed = None if have_data else demo_seed_of(where)
-        if not have_data and digits_seed is None:
-            raise EvaluationError(
-                f"{where} is not a digits demo detector: give its clean test data with --data"
-            )
-        return [SeedPlan(s, where, False, digits_seed) for s in seeds]
-    cache = Path(args.cache)
-    plans = []
-    for s in seeds:
-        where = cache / f"seed-{s}"
-        build = args.rebuild or not (where / "manifest.json").is_file()
-        plans.append(SeedPlan(s, where, build, None if have_data else s))
-    return plans
-
-
 def detector_info(detector: ModelDistillation, plan_: SeedPlan) -> dict[str, Any]:
     manifest = detector.manifest
     return {
@@ -210,25 +182,9 @@ class Setup:
     user_sets: list[tuple[CorruptionSpec, np.ndarray]]
     notes: list[str]
     data_description: str
-
-
-def _resolve(
-    requested: list[str] | None,
-    choices: tuple[str, ...],
-    applicable: bool,
-    why_not: str,
-    what: str,
-    notes: list[str],
-) -> list[str]:
-    """``auto`` (None) means every choice when applicable, else none with a note."""
-    if requested is None:
-        if applicable:
-            return list(choices)
-        notes.append(f"--{what} skipped: {why_not}")
-        return []
-    if requested and not applicable:
-        raise EvaluationError(f"--{what} cannot be used here: {why_not}")
-    return requested
+    case: str | None = None  # the benchmark case, None for the user's own data
+    kind: str = IMAGE  # which corruption family: "image" or "tabular"
+    train_stats: FeatureStats | None = None  # tabular scale from the user's training data
 
 
 def _seeds(args: argparse.Namespace, quick: bool) -> list[int]:
@@ -245,19 +201,23 @@ def _severities(args: argparse.Namespace, quick: bool) -> list[int]:
     return severities
 
 
-def _epsilons(args: argparse.Namespace, quick: bool) -> list[float]:
-    """``--quick`` without ``--epsilons`` keeps only the middle default, a typical strength."""
-    epsilons = parse_floats(args.epsilons or DEFAULT_EPSILONS, "epsilons")
+def _epsilons(args: argparse.Namespace, quick: bool, kind: str) -> list[float]:
+    """``--quick`` without ``--epsilons`` keeps only the middle default, a typical strength.
+    Image epsilons are in [0, 1] pixel units; tabular ones in feature standard deviations."""
+    upper = 1.0 if kind == IMAGE else 10.0
+    epsilons = parse_floats(args.epsilons or FAMILY_EPSILONS[kind], "epsilons", upper)
     if quick and args.epsilons is None:
         middle = len(epsilons) // 2
         epsilons = epsilons[middle : middle + 1]
     return epsilons
 
 
-def _window(args: argparse.Namespace, n_clean: int | None, notes: list[str]) -> int | None:
+def _window(
+    args: argparse.Namespace, n_clean: int | None, notes: list[str], source: str = "--data"
+) -> int | None:
     """The drift window: ``--window``, or the default shrunk to what the clean data allow
     (each trial needs the window and a reference of ``MIN_REFERENCE`` other clean rows);
-    None skips the window test. ``n_clean`` None: the digits demo, large enough."""
+    None skips the window test. ``n_clean`` None: an image case, large enough."""
     if args.window is not None and args.window < MIN_WINDOW:
         raise EvaluationError(f"--window must be at least {MIN_WINDOW} records")
     if n_clean is None or n_clean - (args.window or DEFAULT_WINDOW) >= MIN_REFERENCE:
@@ -268,12 +228,12 @@ def _window(args: argparse.Namespace, n_clean: int | None, notes: list[str]) -> 
         fix = f"use --window {room} or less" if room >= MIN_WINDOW else "leave --window out"
         raise EvaluationError(
             f"--window {args.window} needs {args.window + MIN_REFERENCE} clean rows ({need}); "
-            f"--data has {n_clean}: {fix}, or give more clean rows"
+            f"{source} has {n_clean}: {fix}, or give more clean rows"
         )
     if room < MIN_WINDOW:
         notes.append(
             f"window drift test skipped: it needs at least {MIN_WINDOW + MIN_REFERENCE} clean "
-            f"rows ({need}), --data has {n_clean}"
+            f"rows ({need}), {source} has {n_clean}"
         )
         return None
     notes.append(
@@ -303,15 +263,14 @@ def _p_value(args: argparse.Namespace) -> float:
 
 @dataclass(frozen=True)
 class CleanInput:
-    """The clean data (None: the digits demo split of each seed) and what it allows."""
+    """The clean data (None: the case's test split of each seed) and what it allows."""
 
     data: tuple[np.ndarray, np.ndarray] | None
     description: str
-    images: bool  # shaped (n, H, W[, C]), so the natural corruptions apply
-    in_range: bool  # values in [0, 1], as the corruptions and attacks assume
+    kind: str  # "image": (n, H, W[, C]) in [0, 1]; "tabular": anything else
 
 
-def _clean_input(args: argparse.Namespace) -> CleanInput:
+def _clean_input(args: argparse.Namespace, case: str | None, notes: list[str]) -> CleanInput:
     if args.max_rows is not None and args.max_rows < 1:
         raise EvaluationError("--max-rows must be at least 1")
     if args.data:
@@ -319,12 +278,39 @@ def _clean_input(args: argparse.Namespace) -> CleanInput:
         assert y is not None
         if args.max_rows:
             x, y = x[: args.max_rows], y[: args.max_rows]
-        return CleanInput((x, y), f"{args.data} ({len(x)} rows)", x.ndim >= 3, unit_range(x))
+        images = x.ndim >= 3 and unit_range(x)
+        if not images:
+            notes.append(
+                "the data are not images (n, H, W[, C]) with values in [0, 1]: using the "
+                "tabular corruptions and attacks, scaled by each feature's standard deviation "
+                f"on {'--train-data' if args.train_data else '--data'}"
+            )
+        kind = IMAGE if images else TABULAR_FAMILY
+        return CleanInput((x, y), f"{args.data} ({len(x)} rows)", kind)
     if args.corrupted:
         raise EvaluationError("--corrupted needs the clean originals, row-aligned, in --data")
-    return CleanInput(
-        None, "digits demo test split (sklearn digits, 8x8 in [0, 1])", images=True, in_range=True
-    )
+    if args.train_data:
+        raise EvaluationError("--train-data only applies to your own --data")
+    assert case is not None
+    description = f"{case}: {CASES[case]}, test split"
+    if case == "digits":
+        description = "digits demo test split (sklearn digits, 8x8 in [0, 1])"
+    return CleanInput(None, description, get_case(case).kind)
+
+
+def _train_stats(args: argparse.Namespace, clean: CleanInput) -> FeatureStats | None:
+    """The tabular scale for the user's own data: ``--train-data``, else ``--data``."""
+    if clean.data is None or clean.kind == IMAGE:
+        return None
+    x = clean.data[0]
+    if args.train_data:
+        from monitor.datafiles import fit_to_shape, load_array
+
+        x = fit_to_shape(load_array(args.train_data), x.shape[1:], args.train_data)
+    try:
+        return feature_stats(x)
+    except ValueError as exc:
+        raise EvaluationError(f"{args.train_data or args.data}: {exc}") from None
 
 
 def _user_sets(
@@ -346,30 +332,20 @@ def _user_sets(
 
 
 def _case_specs(
-    args: argparse.Namespace,
-    severities: list[int],
-    epsilons: list[float],
-    clean: CleanInput,
-    notes: list[str],
+    args: argparse.Namespace, severities: list[int], epsilons: list[float], kind: str
 ) -> list[CorruptionSpec]:
-    """The natural corruptions and attacks that apply to the clean data."""
-    natural = _resolve(
-        parse_names(args.corruptions, tuple(NATURAL), "corruptions"),
-        tuple(NATURAL),
-        clean.images and clean.in_range,
-        "the data are not images (n, H, W[, C]) with values in [0, 1]",
-        "corruptions",
-        notes,
+    """The natural corruptions and attacks of the data's family (image or tabular);
+    ``auto`` means all of them."""
+    names = FAMILIES[kind]
+    natural = parse_names(args.corruptions, names, "corruptions")
+    attacks = parse_names(args.attacks, ATTACKS, "attacks")
+    return plan(
+        list(names) if natural is None else natural,
+        severities,
+        list(ATTACKS) if attacks is None else attacks,
+        epsilons,
+        kind,
     )
-    attacks = _resolve(
-        parse_names(args.attacks, ATTACKS, "attacks"),
-        ATTACKS,
-        clean.in_range,
-        "the attacks assume inputs in [0, 1]",
-        "attacks",
-        notes,
-    )
-    return plan(natural, severities, attacks, epsilons)
 
 
 def prepare(args: argparse.Namespace) -> Setup:
@@ -377,15 +353,20 @@ def prepare(args: argparse.Namespace) -> Setup:
     quick = bool(args.quick)
     seeds = _seeds(args, quick)
     severities = _severities(args, quick)
-    epsilons = _epsilons(args, quick)
     trials = _trials(args, quick)
     p_value = _p_value(args)
 
-    clean = _clean_input(args)
-    user_sets = _user_sets(args, clean.data)
     notes: list[str] = []
-    window = _window(args, None if clean.data is None else len(clean.data[0]), notes)
-    specs = _case_specs(args, severities, epsilons, clean, notes)
+    case = case_name(args)
+    clean = _clean_input(args, case, notes)
+    epsilons = _epsilons(args, quick, clean.kind)
+    user_sets = _user_sets(args, clean.data)
+    plans = seed_plans(args, seeds, case)
+    if clean.data is None:
+        window = _window(args, _case_test_rows(plans, args.max_rows), notes, "the test split")
+    else:
+        window = _window(args, len(clean.data[0]), notes)
+    specs = _case_specs(args, severities, epsilons, clean.kind)
     if not specs and not user_sets:
         raise EvaluationError("nothing to evaluate: no corruptions, attacks or --corrupted set")
     options = SuiteOptions(
@@ -396,22 +377,31 @@ def prepare(args: argparse.Namespace) -> Setup:
         fractions=QUICK_FRACTIONS if quick else DEFAULT_FRACTIONS,
         pgd_steps=5 if quick else 10,
     )
-    plans = seed_plans(args, seeds, clean.data is not None)
     description = clean.description
     if clean.data is None:
-        splits = ", ".join(dict.fromkeys(str(p.digits_seed) for p in plans))
+        splits = ", ".join(dict.fromkeys(str(p.data_seed) for p in plans))
         description += f", split seed {splits}"
-    return Setup(options, seeds, plans, clean.data, user_sets, notes, description)
+    return Setup(
+        options,
+        seeds,
+        plans,
+        clean.data,
+        user_sets,
+        notes,
+        description,
+        case=plans[0].case if clean.data is None else None,
+        kind=clean.kind,
+        train_stats=_train_stats(args, clean),
+    )
 
 
-def _load(plan_: SeedPlan, verbose: bool) -> ModelDistillation:
-    from monitor.detector.persistence import load_detector
-
-    if plan_.build:
-        from monitor.detector.demo import build_demo_detector
-
-        build_demo_detector(plan_.detector_dir, seed=plan_.seed, verbose=verbose)
-    return load_detector(plan_.detector_dir)
+def _case_test_rows(plans: list[SeedPlan], max_rows: int | None) -> int | None:
+    """Test rows of a tabular case (the fewest over the seeds' splits) for the window size;
+    None for the image cases, large enough for the default window."""
+    case = plans[0].case
+    if case is None or get_case(case).kind == IMAGE:
+        return None
+    return min(len(case_clean_data(p, max_rows)[0]) for p in plans)
 
 
 def _clean_data(
@@ -419,11 +409,27 @@ def _clean_data(
 ) -> tuple[np.ndarray, np.ndarray]:
     if setup.data is not None:
         return setup.data
-    from monitor.detector.demo import load_digits_split
+    return case_clean_data(plan_, max_rows)
 
-    assert plan_.digits_seed is not None
-    _, _, x, y = load_digits_split(plan_.digits_seed)
-    return (x[:max_rows], y[:max_rows]) if max_rows else (x, y)
+
+def _check_labels(y: np.ndarray, detector: ModelDistillation, where: str | None) -> None:
+    """Labels must be the classifier's output indices, or nothing can be right or wrong."""
+    n_classes = int(detector.n_classes)
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise EvaluationError(
+            f"{where or 'the labels'}: y holds {int(y.min())}..{int(y.max())}, but the "
+            f"classifier has {n_classes} outputs: labels must be class indices 0..{n_classes - 1}"
+        )
+
+
+def _stats_for(setup: Setup, plan_: SeedPlan) -> FeatureStats | None:
+    """The tabular corruptions' scale for this seed: the case's training split, or the
+    user's training data; None for images."""
+    if setup.kind != TABULAR_FAMILY:
+        return None
+    if setup.data is None:
+        return feature_stats(case_train_inputs(plan_))
+    return setup.train_stats
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -455,11 +461,12 @@ def evaluate(args: argparse.Namespace) -> int:
 
         for plan_ in setup.plans:
             if plan_.build:
-                bar.set_postfix_str(f"building demo detector seed {plan_.seed}")
-            detector = _load(plan_, verbose=False)
+                bar.set_postfix_str(f"building {plan_.case} detector seed {plan_.seed}")
+            detector = load_for(plan_, verbose=False)
             if plan_.build:
-                step("demo detector")
+                step(f"{plan_.case} detector")
             x, y = _clean_data(setup, plan_, args.max_rows)
+            _check_labels(y, detector, args.data)
             results.append(
                 run_seed(
                     detector,
@@ -470,6 +477,7 @@ def evaluate(args: argparse.Namespace) -> int:
                     detector_info(detector, plan_),
                     user_sets=setup.user_sets,
                     progress=step,
+                    stats=_stats_for(setup, plan_),
                 )
             )
     report = build_report(setup, results)
@@ -494,6 +502,8 @@ def build_report(setup: Setup, results: list[SeedResult]) -> dict[str, Any]:
             "package_version": __version__,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "data": setup.data_description,
+            "case": setup.case,
+            "data_kind": setup.kind,
             "seeds": setup.seeds,
             "cases": [s.label for s in o.specs] + [s.label for s, _ in setup.user_sets],
             "p_value": o.p_value,
@@ -510,7 +520,7 @@ def build_report(setup: Setup, results: list[SeedResult]) -> dict[str, Any]:
         "cases": aggregate_rows(results),
         "windows": aggregate_windows(results),
         "summary": summary,
-        "quality_bar": [c.to_dict() for c in quality_bar(summary)],
+        "quality_bar": [c.to_dict() for c in quality_bar(summary, setup.kind == IMAGE)],
     }
 
 
@@ -561,15 +571,21 @@ def print_report(setup: Setup, results: list[SeedResult], report: dict[str, Any]
         "window_harmless_10": "10% harmless windows flagged",
         "window_harmless_20": "20% harmless windows flagged",
         "window_harmless_30": "30% harmless windows flagged",
+        "tpr_harmful_natural_s3": "harmful flagged at the threshold, natural 3+",
+        "tpr_harmful_with_attacks": "harmful flagged at the threshold, with attacks",
+        "fpr_clean": "clean inputs flagged at the threshold",
         "manifest_all_clean": "all-clean vs the manifest's reference",
         "manifest_harmful_30": "30% harmful vs the manifest's reference",
     }
     for key, label in labels.items():
         if summary.get(key, {}).get("mean") is not None:  # rows this run could measure
             print(f"  {label:<50} {_fmt(summary[key])}")
-    checks = quality_bar(summary)
+    checks = quality_bar(summary, absolute=setup.kind == IMAGE)
     if any(
         summary.get(k, {}).get("mean") is not None for k in ("auc_natural_s3", "auc_with_attacks")
     ):
-        print("\nQuality bar (set for the digits demo with its default options):")
+        if setup.kind == IMAGE:
+            print("\nQuality bar (set for the digits demo with its default options):")
+        else:
+            print("\nQuality bar (for tabular data: the lead over the entropy baseline, windows):")
         print(bar_lines(checks))

@@ -27,6 +27,7 @@ from monitor.evaluation.windows import (
 
 if TYPE_CHECKING:
     from monitor.detector.distillation import ModelDistillation
+    from monitor.tabular_corruptions import FeatureStats
 
 Progress = Callable[[str], None]
 POOLED = "natural s3+"
@@ -114,8 +115,11 @@ def run_seed(
     detector_info: dict[str, Any],
     user_sets: Sequence[tuple[CorruptionSpec, np.ndarray]] = (),
     progress: Progress | None = None,
+    stats: FeatureStats | None = None,
 ) -> SeedResult:
-    """Evaluate ``detector`` on ``(x, y)`` and its corruptions, seeded by ``seed``."""
+    """Evaluate ``detector`` on ``(x, y)`` and its corruptions, seeded by ``seed``.
+
+    ``stats``: the per-feature scale of clean training data, needed by tabular specs."""
     step: Progress = progress or (lambda _label: None)
     threshold = detector.threshold
     clean = _score(detector, x)
@@ -135,7 +139,7 @@ def run_seed(
         x_bad = (
             given
             if given is not None
-            else corrupt(spec, x, y, detector.model, seed, options.pgd_steps)
+            else corrupt(spec, x, y, detector.model, seed, options.pgd_steps, stats)
         )
         cases.append(build_case(spec, y, clean, _score(detector, x_bad)))
         step(spec.label)

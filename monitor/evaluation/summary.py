@@ -36,6 +36,24 @@ def _mean_auc(
     return float(np.mean(values)) if values else None
 
 
+def _pooled_tpr(rows: Sequence[dict[str, Any]], attacks: bool) -> float | None:
+    """Share of all harmful inputs flagged at the threshold, pooled over the natural cases
+    at severity 3+ (and the attacks): each case's rate weighted by its harmful count."""
+    picked = [
+        r
+        for r in rows
+        if r["detector"]["tpr_harmful"] is not None
+        and (
+            (r["kind"] == "natural" and r["level"] >= BAR_MIN_SEVERITY)
+            or (attacks and r["kind"] == "attack")
+        )
+    ]
+    harmful = sum(r["n_harmful"] for r in picked)
+    if not harmful:
+        return None
+    return float(sum(r["detector"]["tpr_harmful"] * r["n_harmful"] for r in picked) / harmful)
+
+
 def _window_group(result: SeedResult) -> str:
     """The curves the summary quotes: natural corruptions pooled, else the user's set."""
     if POOLED in result.curves:
@@ -53,6 +71,9 @@ def seed_summary(result: SeedResult) -> dict[str, float | None]:
         "baseline_auc_natural_s3": _mean_auc(rows, "baseline", attacks=False),
         "baseline_auc_with_attacks": _mean_auc(rows, "baseline", attacks=True),
         "clean_accuracy": result.clean["accuracy"],
+        "tpr_harmful_natural_s3": _pooled_tpr(rows, attacks=False),
+        "tpr_harmful_with_attacks": _pooled_tpr(rows, attacks=True),
+        "fpr_clean": result.clean.get("fpr"),
     }
     if any(r["kind"] == "user" for r in rows):
         out["auc_user"] = _mean_auc(rows, "detector", attacks=False, user=True)
@@ -122,27 +143,33 @@ def _diff(summary: dict[str, dict[str, Any]], a: str, b: str) -> tuple[float | N
     return (float(np.mean(diffs)), float(min(diffs))) if diffs else (None, None)
 
 
-def quality_bar(summary: dict[str, dict[str, Any]]) -> list[BarCheck]:
-    """The bar set for the digits demo, on the means over seeds (``worst``: the worst seed)."""
+def quality_bar(summary: dict[str, dict[str, Any]], absolute: bool = True) -> list[BarCheck]:
+    """The bar set for the digits demo, on the means over seeds (``worst``: the worst seed).
+
+    ``absolute`` False leaves out the two AUC levels, which were set for the digits
+    images; the lead over the entropy baseline and the window checks hold for any data.
+    """
 
     def get(key: str, worst: str) -> tuple[float | None, float | None]:
         entry = summary.get(key, {})
         return entry.get("mean"), entry.get(worst)
 
-    checks = [
-        BarCheck(
-            "mean AUC harmful vs harmless, natural severity 3+",
-            *get("auc_natural_s3", "min"),
-            0.86,
-            True,
-        ),
-        BarCheck(
-            "mean AUC harmful vs harmless, natural 3+ and FGSM/PGD",
-            *get("auc_with_attacks", "min"),
-            0.84,
-            True,
-        ),
-    ]
+    checks = []
+    if absolute:
+        checks += [
+            BarCheck(
+                "mean AUC harmful vs harmless, natural severity 3+",
+                *get("auc_natural_s3", "min"),
+                0.86,
+                True,
+            ),
+            BarCheck(
+                "mean AUC harmful vs harmless, natural 3+ and FGSM/PGD",
+                *get("auc_with_attacks", "min"),
+                0.84,
+                True,
+            ),
+        ]
     for key, label in (("natural_s3", "natural 3+"), ("with_attacks", "with attacks")):
         if f"auc_{key}" in summary and f"baseline_auc_{key}" in summary:
             value, worst = _diff(summary, f"auc_{key}", f"baseline_auc_{key}")
