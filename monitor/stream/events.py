@@ -24,6 +24,7 @@ callback, ``Publisher._answer``); a flagged row is rare enough for that.
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from urllib.parse import quote
 
 from monitor.stream.headers import HeaderValue
@@ -62,20 +63,34 @@ def rfc3339(seconds: float) -> str:
     millis = round((seconds - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    return f"{_second(whole)}.{millis:03d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _second(whole: int) -> str:
+    """The seconds part of ``rfc3339``: a batch's records share a few, and ``strftime``
+    was a fifth of the cost of an alert."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def ce_headers(
     *, event_type: str, event_id: str, source: str, at: str, subject: str
 ) -> list[tuple[str, HeaderValue]]:
     """The headers of one event, in the order the spec lists the attributes."""
+    fixed = _fixed(event_type, source)
     return [
         ("ce_specversion", SPEC_VERSION),
         ("ce_id", event_id.encode()),
-        ("ce_source", source.encode()),
-        ("ce_type", event_type.encode()),
+        ("ce_source", fixed[0]),
+        ("ce_type", fixed[1]),
         ("ce_time", at.encode()),
         ("ce_subject", subject.encode("utf-8", "replace")),
-        ("ce_dataschema", SCHEMA_OF_TYPE[event_type].encode()),
+        ("ce_dataschema", fixed[2]),
         ("content-type", CONTENT_TYPE),
     ]
+
+
+@lru_cache(maxsize=64)
+def _fixed(event_type: str, source: str) -> tuple[bytes, bytes, bytes]:
+    """The attributes one worker writes the same on every event of a kind."""
+    return source.encode(), event_type.encode(), SCHEMA_OF_TYPE[event_type].encode()

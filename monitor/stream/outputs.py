@@ -67,23 +67,31 @@ def alerts(
         return []
     scored_at = events.rfc3339(time.time() if now is None else now)
     per_message = np.bincount(decoded.row_message, minlength=len(messages))
+    # Plain Python values for the flagged rows, converted once: a numpy scalar per field
+    # and alert cost more than the payload.
+    indexes = decoded.row_message[flagged].tolist()
+    rows_in = decoded.row_in_message[flagged].tolist()
+    several = (per_message[decoded.row_message[flagged]] > 1).tolist()
+    values = scores.scores[flagged].tolist()
+    classes = scores.classifier_class[flagged].tolist()
+    distilled = scores.distilled_class[flagged].tolist()
+    ids, labels_of = decoded.ids, decoded.model_labels
     out: list[Outgoing] = []
-    for row in flagged.tolist():
-        index = int(decoded.row_message[row])
+    for i, index in enumerate(indexes):
         message = messages[index]
-        row_in_message = int(decoded.row_in_message[row])
+        row_in_message = rows_in[i]
         topic_in, partition, offset = _coordinates(message)
-        base = decoded.ids[index] if index < len(decoded.ids) else None
+        base = ids[index] if index < len(ids) else None
         if base is None:
             base = f"{topic_in}/{partition}/{offset}"
-        record_id = f"{base}#{row_in_message}" if per_message[index] > 1 else base
-        labels = decoded.model_labels[index] if index < len(decoded.model_labels) else None
+        record_id = f"{base}#{row_in_message}" if several[i] else base
+        labels = labels_of[index] if index < len(labels_of) else None
         payload = alert_payload(
             record_id=record_id,
-            score=float(scores.scores[row]),
+            score=values[i],
             detector=scores.detector,
-            classifier_class=int(scores.classifier_class[row]),
-            distilled_class=int(scores.distilled_class[row]),
+            classifier_class=classes[i],
+            distilled_class=distilled[i],
             source=source_fields(topic_in, partition, offset, row_in_message, _timestamp(message)),
             scored_at=scored_at,
             context=decoded.contexts.get(index, {}),

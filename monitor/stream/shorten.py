@@ -48,7 +48,7 @@ OWN_HEADERS = frozenset(
 
 
 def header_size(headers: Iterable[tuple[str, str | bytes | None]] | None) -> int:
-    return sum(len(name) + len(value or b"") for name, value in headers or ())
+    return sum([len(name) + len(value or b"") for name, value in headers or ()])
 
 
 def size_of(value: bytes, key: bytes | None, headers: HeaderList | None) -> int:
