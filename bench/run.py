@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""``make bench``: every performance figure of issue 8, measured side by side in one run.
+"""``make bench``: the worker's performance figures, measured side by side in one run.
 
-Against the local broker, on one prepared topic per detector (the demo digits detector
-and a small CNN on 32x32x3): raw consume, raw scoring per batch size, decode, the worker
-end to end (at-least-once and exactly-once, as ``python -m monitor run`` subprocesses),
-the naive loop, latency under a steady load, peak RSS, and two workers in one group.
-Prints a table with the ratios and targets, and writes JSON to ``bench/results/``.
+Against the local broker, on prepared topics per detector (the demo digits detector and
+a small CNN on 32x32x3), each once in JSON and once in Open Inference Protocol v2
+protobuf: raw consume, raw scoring per batch size, decode, the worker end to end
+(at-least-once and exactly-once, as ``python -m monitor run`` subprocesses), the naive
+loop, latency under a steady load, peak RSS, and two workers in one group. Prints a
+table with the ratios and targets (PASS/FAIL), and writes JSON to ``bench/results/``.
 
     .venv/bin/python bench/run.py [--quick] [--records N] [--skip cnn,steady,...]
 """
@@ -33,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from bench import detectors, latency, naive, prepare, stages, workers  # noqa: E402
 from bench.kafkautil import BOOTSTRAP, admin, delete_topics, read_all, stale_topics  # noqa: E402
 from bench.report import TUNED_BATCH, derive, table  # noqa: E402
+from monitor.stream.formats import RecordFormat  # noqa: E402
 
 CACHE = ROOT / ".local" / "bench"
 RESULTS = ROOT / "bench" / "results"
@@ -44,7 +46,20 @@ SIZES = {
     "full": (1_000_000, 20_000, 3_000, 15.0, 60.0, 1.5, 200_000),
     "quick": (100_000, 4_000, 500, 5.0, 20.0, 0.5, 100_000),
 }
-STAGES = ("consume", "score", "decode", "naive", "worker", "eos", "tuned", "scale", "steady", "cnn")
+STAGES = (
+    "consume",
+    "score",
+    "decode",
+    "naive",
+    "worker",
+    "eos",
+    "tuned",
+    "scale",
+    "steady",
+    "cnn",
+    "protobuf",
+)
+PROTOBUF_OPTION = "--record-format=v2-protobuf"
 # Every figure the ratios use is the best of this many runs (decoding: of 3 passes): one
 # run on a shared 2-core machine varies by 10 to 15%, and stages and workers must be
 # measured alike for their ratios to mean anything.
@@ -106,6 +121,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="extra argument for every worker (repeatable), e.g. --worker-option=--max-batch-size=1024",
     )
     return p.parse_args(argv)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} us"
 
 
 def worker_batch(options: list[str]) -> int:
@@ -179,32 +198,33 @@ class Suite:
         cnn = None if "cnn" in self.skip else detectors.cnn(CACHE, a.rebuild_detectors)
         gc.collect()
         gc.freeze()  # as the worker does: start-up objects never need scanning again
+        protobuf = "protobuf" not in self.skip
         try:
             self.results["digits"] = self.detector_suite(digits, self.records, full=True)
+            if protobuf:
+                self.results["digits_pb"] = self.format_suite(digits, self.records)
             if cnn is not None:
                 self.results["cnn"] = self.detector_suite(cnn, self.cnn_records, full=False)
+                if protobuf:
+                    self.results["cnn_pb"] = self.format_suite(cnn, self.cnn_records)
         finally:
             if not a.keep_topics:
                 names = self.topics + [f"{t}-dlq" for t in self.topics if "alerts" in t]
                 delete_topics(client, names)
         return self.results
 
-    def detector_suite(self, det: detectors.BenchDetector, n: int, full: bool) -> dict[str, Any]:
-        from monitor.stream.scoring import DetectorHandle
-
-        out: dict[str, Any] = {
-            "describe": f"input {'x'.join(map(str, det.input_shape))}, "
-            f"{det.pool_flagged.mean():.1%} of records flagged",
-        }
-        topic = self.topic(det.name)
-        self.say(f"{det.name}: writing {n:,} records to {topic}")
+    def backlog(
+        self, det: detectors.BenchDetector, n: int, fmt: prepare.Format, out: dict[str, Any]
+    ) -> tuple[str, Any]:
+        """Write the backlog of ``n`` records; measure raw consume and decode on it.
+        Returns the topic and the decoded rows."""
+        topic = self.topic(det.name if fmt == "json" else f"{det.name}-pb")
+        self.say(f"{det.name}: writing {n:,} {fmt} records to {topic}")
         out["prepare"] = {
-            **prepare.write_topic(topic, det.pool, n, PARTITIONS, self.bootstrap),
+            **prepare.write_topic(topic, det.pool, n, PARTITIONS, self.bootstrap, fmt, det.pool_x),
             "partitions": PARTITIONS,
         }
-        parts = list(range(PARTITIONS))
         sample = min(n, self.decode_sample)
-
         self.say(f"{det.name}: 1 raw consume")
         runs = [stages.consume_limit(topic, n, sample, self.bootstrap) for _ in range(self.best_of)]
         consumed = max(runs, key=lambda c: c.rate)
@@ -216,12 +236,82 @@ class Suite:
         self.say(f"   {consumed.rate:,.0f} records/s (best of {[round(c.rate) for c in runs]})")
         del runs
 
-        self.say(f"{det.name}: 3 decode")
+        self.say(f"{det.name}: 3 decode ({fmt})")
         messages = stages.as_messages(consumed.sample, topic)
-        decode_rate, X = stages.decode_limit(messages, det.input_shape, self.batch)
+        record_format = RecordFormat.JSON if fmt == "json" else RecordFormat.V2_PROTOBUF
+        decode_rate, X = stages.decode_limit(
+            messages, det.input_shape, self.batch, fmt=record_format
+        )
         del messages
         out["decode"] = {"rate": decode_rate, "records": len(X)}
         self.say(f"   {decode_rate:,.0f} records/s")
+        return topic, X
+
+    def format_suite(self, det: detectors.BenchDetector, n: int) -> dict[str, Any]:
+        """The protobuf backlog: consume, decode and the at-least-once worker (scoring
+        does not depend on the format: the JSON suite measured it)."""
+        out: dict[str, Any] = {"describe": f"{det.name} as v2 protobuf (raw_input_contents)"}
+        topic, _rows = self.backlog(det, n, "protobuf", out)
+        if "worker" not in self.skip:
+            options = [*self.args.worker_option, PROTOBUF_OPTION]
+            out["worker_alo"] = self.worker_runs(
+                det, topic, n, f"{det.name}-pb-alo", False, options
+            )
+        return out
+
+    def worker_runs(
+        self,
+        det: detectors.BenchDetector,
+        topic: str,
+        n: int,
+        label: str,
+        eos: bool,
+        options: list[str],
+    ) -> dict[str, Any]:
+        """The best of ``best_of`` worker runs over the whole backlog, and all of them."""
+        self.say(f"{det.name}: 4 worker {label}, {n:,} records")
+        tries = []
+        for _ in range(self.best_of):
+            run = workers.throughput(
+                label,
+                det.path,
+                topic,
+                list(range(PARTITIONS)),
+                n,
+                eos,
+                self.logs,
+                bootstrap=self.bootstrap,
+                extra=options,
+            )
+            self.topics.append(run.alert_topic)
+            alerts = len(read_all(run.alert_topic, list(range(PARTITIONS)), self.bootstrap))
+            tries.append((run, alerts))
+            self.say(
+                f"   {run.rate:,.0f} records/s, peak RSS {max(run.peak_rss_mb):.0f} MB, "
+                f"alerts {alerts:,} (expected {det.flagged_among(n):,}), CPU per record "
+                f"{_us(run.cpu_us_worker)} worker + {_us(run.cpu_us_decoders)} decoding"
+            )
+        run, alerts = max(tries, key=lambda t: t[0].rate)
+        return {
+            **vars(run),
+            "rate": run.rate,
+            "rates": [r.rate for r, _ in tries],
+            "alerts": alerts,
+            "all_alerts": [a for _, a in tries],
+            "expected_alerts": det.flagged_among(n),
+            "peak_rss_runs": [r.peak_rss_mb for r, _ in tries],
+            "peak_rss_mb": [max(mb) for mb in zip(*(r.peak_rss_mb for r, _ in tries), strict=True)],
+        }
+
+    def detector_suite(self, det: detectors.BenchDetector, n: int, full: bool) -> dict[str, Any]:
+        from monitor.stream.scoring import DetectorHandle
+
+        out: dict[str, Any] = {
+            "describe": f"input {'x'.join(map(str, det.input_shape))}, "
+            f"{det.pool_flagged.mean():.1%} of records flagged",
+        }
+        topic, X = self.backlog(det, n, "json", out)
+        parts = list(range(PARTITIONS))
 
         self.say(f"{det.name}: 2 raw scoring")
         handle = DetectorHandle(det.path, max(SCORE_BATCHES))
@@ -255,40 +345,8 @@ class Suite:
         if full and "tuned" not in self.skip and self.batch != TUNED_BATCH:
             modes.append(("worker_tuned", False, [*extra, f"--max-batch-size={TUNED_BATCH}"]))
         for key, eos, options in modes if "worker" not in self.skip else []:
-            self.say(f"{det.name}: 4 {key.replace('_', ' ')}, {n:,} records")
-            tries = []
-            for _ in range(self.best_of):
-                run = workers.throughput(
-                    f"{det.name}-{key.split('_')[1]}",
-                    det.path,
-                    topic,
-                    parts,
-                    n,
-                    eos,
-                    self.logs,
-                    bootstrap=self.bootstrap,
-                    extra=options,
-                )
-                self.topics.append(run.alert_topic)
-                alerts = len(read_all(run.alert_topic, parts, self.bootstrap))
-                tries.append((run, alerts))
-                self.say(
-                    f"   {run.rate:,.0f} records/s, peak RSS {max(run.peak_rss_mb):.0f} MB, "
-                    f"alerts {alerts:,} (expected {det.flagged_among(n):,})"
-                )
-            run, alerts = max(tries, key=lambda t: t[0].rate)
-            out[key] = {
-                **vars(run),
-                "rate": run.rate,
-                "rates": [r.rate for r, _ in tries],
-                "alerts": alerts,
-                "all_alerts": [a for _, a in tries],
-                "expected_alerts": det.flagged_among(n),
-                "peak_rss_runs": [r.peak_rss_mb for r, _ in tries],
-                "peak_rss_mb": [
-                    max(mb) for mb in zip(*(r.peak_rss_mb for r, _ in tries), strict=True)
-                ],
-            }
+            label = f"{det.name}-{key.split('_')[1]}"
+            out[key] = self.worker_runs(det, topic, n, label, eos, options)
 
         if full and "scale" not in self.skip:
             self.say(f"{det.name}: 8 two workers in one group")

@@ -75,10 +75,14 @@ def as_messages(values: list[bytes], topic: str) -> list[Message]:
 
 
 def decode_limit(
-    messages: list[Message], shape: tuple[int, ...], batch: int, repeat: int = 3
+    messages: list[Message],
+    shape: tuple[int, ...],
+    batch: int,
+    repeat: int = 3,
+    fmt: RecordFormat = RecordFormat.JSON,
 ) -> tuple[float, np.ndarray]:
     """Best records/s of the record decoder over ``repeat`` passes; also the decoded rows."""
-    decoder = RecordDecoder(InputSpec(shape=shape, n_classes=10), RecordFormat.JSON)
+    decoder = RecordDecoder(InputSpec(shape=shape, n_classes=10), fmt)
     best = 0.0
     rows: list[np.ndarray] = []
     for attempt in range(repeat):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from itertools import islice
@@ -124,6 +124,17 @@ _JSON_START = frozenset(b'{["-0123456789tfn\xef')
 Found = tuple[Rows, str | None, dict[str, Any] | None]
 #: Caps context fields to a number of bytes of JSON (``records.cap_context``).
 CapContext = Callable[[dict[str, Any], int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class PlainBatch:
+    """A batch of plain requests (``ProtobufReader.batch``): ``rows`` rows each, their
+    float64 elements one row a line, each message's id, and the model they all name."""
+
+    rows: int
+    x: np.ndarray
+    ids: list[str | None]
+    labels: ModelLabels | None
 
 
 @dataclass(frozen=True)
@@ -227,7 +238,8 @@ def _floats(data: bytes, datatype: str, count: int, what: str) -> np.ndarray:
     values = np.frombuffer(data, dtype=dtype, count=count)
     if datatype == "BF16":
         values = (values.astype(np.uint32) << 16).view(np.float32)
-    return values.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # a signalling NaN: the finiteness check rejects it
+        return values.astype(np.float64)
 
 
 def _typed(contents: Any, datatype: str, count: int, what: str) -> np.ndarray:
@@ -347,6 +359,47 @@ class ProtobufReader:
         if not len(request.inputs):
             return None
         return self._found(request, headers)
+
+    # -- a whole batch ---------------------------------------------------------------
+    def batch(self, values: Sequence[bytes]) -> PlainBatch | None:
+        """Every message of a batch without headers read at once, when each is the plain
+        request: one input whose datatype and shape were checked before (``_plans``),
+        its elements in ``raw_input_contents``, no parameters, the same model as the
+        others. None (anything else, or any doubt): each message on its own, as before,
+        which is also where the plans are made."""
+        try:
+            requests = [self._request(v) for v in values]
+        except (ProtobufDecodeError, ValueError, RuntimeError):
+            return None
+        first = requests[0]
+        if len(first.inputs) != 1 or first.inputs[0].HasField("contents"):
+            return None
+        tensor = first.inputs[0]  # the others must equal it: one C-level comparison
+        plan = self._plans.get((tensor.datatype, tuple(tensor.shape)))
+        name, version = first.model_name, first.model_version
+        if plan is None or (name, version) not in self._labels:
+            return None
+        rows, count, datatype = plan
+        size = count * RAW_DTYPES[datatype].itemsize
+        data: list[bytes] = []
+        for request in requests:
+            inputs, raw = request.inputs, request.raw_input_contents
+            if (
+                len(inputs) != 1
+                or inputs[0] != tensor
+                or len(raw) != 1
+                or len(request.parameters)
+                or request.model_name != name
+                or request.model_version != version
+            ):
+                return None
+            data.append(raw[0])
+        if min(map(len, data)) != size or max(map(len, data)) != size:
+            return None
+        x = _floats(b"".join(data), datatype, count * len(requests), "raw_input_contents[0]")
+        ids = [text(request.id) or None for request in requests]
+        labels = self._labels[(name, version)]
+        return PlainBatch(rows, x.reshape(len(requests) * rows, -1), ids, labels)
 
     # -- decoding --------------------------------------------------------------------
     def read(self, raw: bytes, headers: Headers | None) -> Found:
