@@ -1,15 +1,22 @@
-"""Micro-benchmark: records/s of the record decoder against stdlib json and orjson.
+"""Micro-benchmark: records/s of the record decoder against other ways to parse JSON.
 
 Run: ``.venv/bin/python bench/decode_bench.py [--records N] [--batch 512] [--repeat 3]``.
 One thread; messages are ``confluent_kafka.Message`` objects like the consumer returns;
 best of ``--repeat`` runs. Two rates per line: wall clock, and this process's CPU time
 (steadier when other work shares the cores). The full suite (consume, score, end to end)
 lives elsewhere in bench/.
+
+The batch parsers compared with the decoder's whole-batch path (Arrow's and Polars'
+newline-delimited JSON readers with an explicit schema, msgspec's typed decoding) are not
+dependencies: install them into the venv to measure them too
+(``.venv/bin/pip install pyarrow polars msgspec``); lines for missing ones say so.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import io
 import json
 import os
 import platform
@@ -109,6 +116,135 @@ def orjson_per_batch(messages: Sequence[Message], spec: InputSpec) -> int:
     return len(np.asarray(rows, dtype=np.float32))
 
 
+def digits_messages(n: int) -> list[Message]:
+    """Records like the benchmark's digits backlog: an id and an 8x8 instance of
+    4-decimal values, about 40% of them zero."""
+    rng = np.random.default_rng(0)
+    pool = []
+    for _ in range(256):
+        x = np.where(rng.random((8, 8)) < 0.4, 0.0, rng.random((8, 8))).round(4)
+        pool.append(orjson.dumps(x.tolist()))
+    return [
+        Message(
+            topic="bench",
+            partition=0,
+            offset=i,
+            value=b'{"id":"r-%d","instance":%s}' % (i, pool[i % 256]),
+        )
+        for i in range(n)
+    ]
+
+
+def one_by_one(fmt: RecordFormat) -> Decode:
+    """The decoder with its whole-batch path turned off: every message parsed alone."""
+    decoders: dict[InputSpec, RecordDecoder] = {}
+
+    def decode(messages: Sequence[Message], spec: InputSpec) -> int:
+        found = decoders.get(spec)
+        if found is None:
+            found = decoders[spec] = RecordDecoder(spec, fmt)
+            found._batch = None
+        return len(found.decode(messages).X)
+
+    return decode
+
+
+def arrow_batch(messages: Sequence[Message], spec: InputSpec) -> int:
+    """pyarrow.json over the joined batch, explicit schema; rows and ids to numpy."""
+    import pyarrow as pa
+    import pyarrow.json as paj
+
+    values = pa.list_(pa.float64())
+    for _ in spec.shape[1:]:
+        values = pa.list_(values)
+    schema = pa.schema([("id", pa.string()), ("instance", values)])
+    table = paj.read_json(
+        io.BytesIO(b"\n".join([m.value() or b"" for m in messages])),
+        read_options=paj.ReadOptions(use_threads=False, block_size=1 << 26),
+        parse_options=paj.ParseOptions(explicit_schema=schema),
+    )
+    column = table.column("instance").combine_chunks()
+    for _ in spec.shape[1:]:
+        column = column.flatten()
+    x = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    table.column("id").to_pylist()
+    return len(x) // spec.size
+
+
+def polars_batch(messages: Sequence[Message], spec: InputSpec) -> int:
+    """polars.read_ndjson over the joined batch, explicit schema; rows and ids to numpy."""
+    import polars as pl
+
+    values: Any = pl.List(pl.Float64)
+    for _ in spec.shape[1:]:
+        values = pl.List(values)
+    frame = pl.read_ndjson(
+        io.BytesIO(b"\n".join([m.value() or b"" for m in messages])),
+        schema={"id": pl.String, "instance": values},
+    )
+    column = frame["instance"]
+    for _ in spec.shape:
+        column = column.explode()
+    x = column.to_numpy().astype(np.float32)
+    frame["id"].to_list()
+    return len(x) // spec.size
+
+
+def msgspec_batch(messages: Sequence[Message], spec: InputSpec) -> int:
+    """msgspec: the batch as one typed JSON array of records, then one np.array."""
+    import msgspec
+
+    rows: Any = list[float]
+    for _ in spec.shape[1:]:
+        rows = list[rows]
+    record = msgspec.defstruct("Record", [("instance", rows), ("id", str | None, None)])
+    decoded = msgspec.json.Decoder(list[record]).decode(
+        b"[" + b",".join([m.value() or b"" for m in messages]) + b"]"
+    )
+    return len(np.array([r.instance for r in decoded], dtype=np.float32))
+
+
+def batch_parsers(n: int, batch: int, repeat: int) -> None:
+    """The digits records through every candidate, side by side."""
+    messages = digits_messages(n)
+    spec = InputSpec((8, 8), 10)
+    size = sum(len(m) for m in messages) / n
+    print(f"Batch parsers, digits records (8x8, ~{size:.0f} bytes each)")
+    rates = {
+        "per record": run(
+            "RecordDecoder, one by one",
+            one_by_one(RecordFormat.JSON),
+            messages,
+            spec,
+            batch,
+            repeat,
+        ),
+        "batch": run(
+            "RecordDecoder, whole-batch path",
+            decoder(RecordFormat.JSON),
+            messages,
+            spec,
+            batch,
+            repeat,
+        ),
+    }
+    run("orjson per record + one np.asarray", orjson_per_batch, messages, spec, batch, repeat)
+    for label, module, parse in (
+        ("pyarrow.json.read_json, explicit schema", "pyarrow", arrow_batch),
+        ("polars.read_ndjson, explicit schema", "polars", polars_batch),
+        ("msgspec typed list of records + np.array", "msgspec", msgspec_batch),
+    ):
+        if importlib.util.find_spec(module) is None:
+            print(f"  {label:<50} {'not installed':>11}")
+            continue
+        rates[module] = run(label, parse, messages, spec, batch, repeat)
+    base = rates["per record"]["cpu"]
+    print(
+        "  CPU-time rate / one by one: "
+        + ", ".join(f"{k} {v['cpu'] / base:.2f}x" for k, v in rates.items() if k != "per record")
+    )
+
+
 def decoder(fmt: RecordFormat) -> Decode:
     decoders: dict[InputSpec, RecordDecoder] = {}
 
@@ -195,6 +331,7 @@ def main() -> None:
         "v2, 64 rows per message", decoder(RecordFormat.V2), many, flat, max(batch // 64, 1), repeat
     )
     protobuf_backlogs(n, flat, batch, repeat)
+    batch_parsers(n, args.batch, repeat)
 
 
 def protobuf_backlogs(n: int, flat: InputSpec, batch: int, repeat: int) -> None:

@@ -203,3 +203,55 @@ def test_the_batch_path_decodes_exactly_as_one_by_one(case: tuple[InputSpec, lis
     spec, values = case
     event("batch path" if JsonBatch(spec).rows(values) is not None else "one by one")
     same(RecordDecoder(spec).decode_values(values), per_record(spec).decode_values(values))
+
+
+# -- headers (CloudEvents and others), in the ``json`` format --------------------------
+
+CE = [
+    ("ce_specversion", b"1.0"),
+    ("ce_id", b"evt-1"),
+    ("ce_type", b"org.kubeflow.serving.inference.request"),
+    ("ce_source", b"http://localhost:9081/"),
+    ("ce_inferenceservicename", b"digits"),
+    ("ce_namespace", b"ml"),
+]
+HEADER_SETS: list[Any] = [
+    None,
+    [],
+    CE,
+    [("ce_type", b"org.kubeflow.serving.inference.response"), ("ce_id", b"r")],
+    [("content-type", b"application/x-protobuf")],
+    [("x-big", b"x" * 2_000_000)],
+    [("ce_id", b"\xff\xfe")],
+]
+
+
+def test_records_with_cloudevents_headers_take_the_batch_path_with_header_ids_and_labels() -> None:
+    spec = InputSpec((2, 2), 3)
+    values = batch_of(spec, 4)
+    values[1] = record(np.ones((2, 2)))  # no body id: the header's is used
+    headers = [CE] * 4
+    got = RecordDecoder(spec).decode_values(values, headers)
+    same(got, per_record(spec).decode_values(values, headers))
+    assert got.ids == ["r-0", "evt-1", "r-2", "r-3"]
+    assert got.model_labels[0] is not None and got.model_labels[0].model_name == "digits"
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(case=batches(), data=st.data())
+def test_with_headers_the_batch_path_decodes_exactly_as_one_by_one(
+    case: tuple[InputSpec, list[bytes]], data: st.DataObject
+) -> None:
+    spec, values = case
+    headers = [data.draw(st.sampled_from(HEADER_SETS)) for _ in values]
+    if all(h is None for h in headers):
+        headers[0] = CE
+    event("batch path" if JsonBatch(spec).rows(values) is not None else "one by one")
+    same(
+        RecordDecoder(spec).decode_values(values, headers),
+        per_record(spec).decode_values(values, headers),
+    )

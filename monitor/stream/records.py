@@ -267,12 +267,43 @@ class RecordDecoder:
         The decoding process's way in: making a message object per value cost as much as
         a fifth of its decoding.
         """
-        if headers is None and not unreadable and values:
-            if self._batch is not None and (batch := self._batch.rows(values)) is not None:
-                return self._from_batch(batch)
-            if self.fmt is RecordFormat.V2_PROTOBUF and (plain := self._plain(values)) is not None:
-                return self._from_plain(plain)
+        if not unreadable and values and (whole := self._whole_batch(values, headers)):
+            return whole
         return self._one_by_one(values, headers, unreadable)
+
+    def _whole_batch(
+        self, values: Sequence[bytes | None], headers: Sequence[Headers | None] | None
+    ) -> DecodedBatch | None:
+        """The batch read as a whole (``JsonBatch``, ``ProtobufReader.batch``), or None.
+        JSON with headers only in the ``json`` format: in ``auto`` a content-type header
+        may make a message protobuf."""
+        if self._batch is not None and (headers is None or self.fmt is RecordFormat.JSON):
+            facts = None
+            if headers is not None and (facts := self._batch_header_facts(values, headers)) is None:
+                return None
+            rows = self._batch.rows(values)
+            return None if rows is None else self._from_batch(rows, facts)
+        if headers is None and self.fmt is RecordFormat.V2_PROTOBUF:
+            plain = self._plain(values)
+            return None if plain is None else self._from_plain(plain)
+        return None
+
+    def _batch_header_facts(
+        self, values: Sequence[bytes | None], headers: Sequence[Headers | None]
+    ) -> tuple[list[ModelLabels | None], list[str | None]] | None:
+        """Model labels and ids of every message's headers, or None when some message's
+        headers make it a dead letter or a response (the per-record path handles those)."""
+        labels: list[ModelLabels | None] = [None] * len(values)
+        ids: list[str | None] = [None] * len(values)
+        for index, head in enumerate(headers):
+            if head:
+                try:
+                    labels[index], response, ids[index] = self._header_facts(values[index], head)
+                except Exception:
+                    return None
+                if response:
+                    return None
+        return labels, ids
 
     def _plain(self, values: Sequence[bytes | None]) -> PlainBatch | None:
         """``ProtobufReader.batch`` of values that are all there and within the limit."""
@@ -445,8 +476,13 @@ class RecordDecoder:
             model_labels=labels,
         )
 
-    def _from_batch(self, rows: BatchRows) -> DecodedBatch:
-        """The batch path's rows: one per message, in order; no labels, no context."""
+    def _from_batch(
+        self,
+        rows: BatchRows,
+        from_headers: tuple[list[ModelLabels | None], list[str | None]] | None = None,
+    ) -> DecodedBatch:
+        """The batch path's rows: one per message, in order; no context, labels only
+        from headers, and a body's id before its headers' one."""
         n = len(rows.ids)
         if rows.y is None:
             has_output = np.zeros(n, dtype=bool)
@@ -463,9 +499,15 @@ class RecordDecoder:
             np.zeros(n, dtype=np.int32),
             [],
             [],
-            [None] * n,
+            [None] * n if from_headers is None else from_headers[0],
         )
-        decoded.ids = rows.ids
+        ids = rows.ids
+        if from_headers is not None:
+            ids = [
+                own if own is not None else head
+                for own, head in zip(ids, from_headers[1], strict=True)
+            ]
+        decoded.ids = ids
         return decoded
 
     def _drop_misfits(
