@@ -395,3 +395,30 @@ def test_nesting_proofs_agree_with_a_reference(
             np.testing.assert_array_equal(batch.X, np.asarray([instance], dtype=np.float32))
         else:
             assert [(d.index, d.reason) for d in batch.dead] == [(0, Reason.SHAPE)], raw
+
+
+HEADER_NAMES = ["ce_id", "ce_type", "ce_inferenceservicename", "ce_namespace", "x-request-id"]
+HEADER_NAMES += ["model_name", "model_version", "content-type", "x-other", "CE_ID", "ce-id"]
+header_values = (
+    st.binary(max_size=12)
+    | st.text(max_size=8)
+    | st.none()
+    | st.sampled_from([b"org.kubeflow.serving.inference.response", b"\xff\xfe", 7])
+)
+header_lists = st.lists(
+    st.tuples(st.sampled_from(HEADER_NAMES) | st.text(max_size=6), header_values)
+    | st.sampled_from([("solo",), ("a", b"b", b"c"), [("list", b"pair")]]),
+    max_size=8,
+)
+
+
+@FUZZ
+@given(headers=header_lists | st.dictionaries(st.sampled_from(HEADER_NAMES), header_values))
+def test_one_walk_over_headers_tells_what_the_three_questions_do(headers: Any) -> None:
+    from monitor.stream import headers as h
+
+    assert h.message_facts(headers) == (
+        h.header_bytes(headers),
+        *h.decoder_facts(headers),
+        h.header_id(headers),
+    )

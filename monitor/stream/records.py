@@ -45,12 +45,10 @@ from monitor.stream.headers import (
     MAX_VALUE_CHARS,
     Headers,
     ModelLabels,
-    decoder_facts,
-    header_bytes,
-    header_id,
     is_unreadable,
     labels_of,
     merge_labels,
+    message_facts,
     read_headers,
     text,
 )
@@ -391,13 +389,13 @@ class RecordDecoder:
         which count against the size limit too, before anything reads them."""
         if is_unreadable(head):
             reject(Reason.NOT_UTF8, UNREADABLE_HEADERS)
-        size = len(raw or b"") + header_bytes(head)
+        head_size, labels, response, found_id = message_facts(head)
+        size = len(raw or b"") + head_size
         if size > self._max_bytes:
             reject(
                 Reason.TOO_LARGE, f"{size} bytes with its headers, the limit is {self._max_bytes}"
             )
-        labels, response = decoder_facts(head)
-        return labels, response, header_id(head)
+        return labels, response, found_id
 
     def _assemble(
         self,
