@@ -67,3 +67,6 @@ def test_load_case_trains_a_classifier_that_fits_the_case() -> None:
     assert probs.shape == (len(case.x_test), 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert np.mean(probs.argmax(axis=1) == case.y_test) > 0.85
+    stats = case.feature_stats()
+    assert stats is not None and stats.features == 13
+    np.testing.assert_allclose(stats.mean, case.x_train.mean(axis=0), atol=1e-6)

@@ -17,6 +17,7 @@ Use from Python::
 
     from monitor.evaluation.cases import load_case
     case = load_case("wine", seed=0)  # CaseData: splits, trained classifier, kind
+    stats = case.feature_stats()  # tabular: what harm.corrupt(..., stats=stats) needs
 
 ``load_split`` gives the data alone, without TensorFlow.
 """
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from monitor.evaluation.defaults import CASES
+from monitor.tabular_corruptions import FeatureStats, feature_stats
 
 if TYPE_CHECKING:
     import keras
@@ -73,6 +75,11 @@ class CaseData:
     @property
     def y_test(self) -> np.ndarray:
         return self.split.y_test
+
+    def feature_stats(self) -> FeatureStats | None:
+        """The scale the tabular corruptions and attacks need (``harm.corrupt(...,
+        stats=)``): statistics of the training split; None for images."""
+        return feature_stats(self.x_train) if self.kind == TABULAR else None
 
 
 @dataclass(frozen=True)
