@@ -86,6 +86,8 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes]
     log: Path
     peak_rss_mb: float | None = None
+    #: Peak RSS of each process (the worker, then its children), in MB.
+    peaks_mb: dict[int, float] = field(default_factory=dict)
     _watcher: threading.Thread | None = None
 
     @classmethod
@@ -113,6 +115,7 @@ class WorkerProcess:
                     peaks[pid] = peak
             if self.proc.pid in peaks:
                 self.peak_rss_mb = sum(peaks.values()) / 1024.0
+                self.peaks_mb = {pid: kb / 1024.0 for pid, kb in peaks.items()}
             time.sleep(0.02)
 
     def cpu(self) -> tuple[float, float]:

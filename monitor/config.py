@@ -436,7 +436,9 @@ class WorkerConfig:
             "isolation.level": "read_committed",
             "partition.assignment.strategy": "cooperative-sticky",
             "fetch.queue.backoff.ms": 10,
-            "queued.max.messages.kbytes": 65536,
+            # 32 MB of prefetched records: over a second of traffic at the worker's pace
+            # for small records, and no more than a few batches of big ones (images).
+            "queued.max.messages.kbytes": 32768,
             "statistics.interval.ms": self.stats_interval_ms,
         }
         conf.update(self._common_kafka("consumer"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -24,3 +25,18 @@ def test_auto_reads_the_cpus_this_process_may_use() -> None:
     """Affinity capped by the CPU quota (test_cpu_quota.py)."""
     assert tensorflow_threads(0) == max(1, available_cpus() - 1)
     assert available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_big_inputs_are_scored_in_chunks_that_bound_their_memory() -> None:
+    from monitor.stream.scoring import MAX_CHUNK_ELEMENTS, chunk_rows
+
+    assert chunk_rows(2048, (8, 8)) == 2048  # small rows: the whole batch at once
+    assert chunk_rows(2048, (32, 32, 3)) == 1024  # images: 1,024 rows of 3,072 elements
+    assert chunk_rows(512, (32, 32, 3)) == 512  # never more than asked
+    assert chunk_rows(2048, (1000, 1000)) == 4
+    assert chunk_rows(2048, (MAX_CHUNK_ELEMENTS * 2,)) == 1  # at least one row
+    for shape in [(5,), (8, 8), (28, 28, 1), (32, 32, 3), (224, 224, 3)]:
+        rows = chunk_rows(4096, shape)
+        assert rows & (rows - 1) == 0 and rows * math.prod(shape) <= max(
+            MAX_CHUNK_ELEMENTS, math.prod(shape)
+        )

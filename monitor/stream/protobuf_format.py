@@ -226,8 +226,14 @@ def _declared(message: Any, index: int, what: str) -> _Tensor:
     return _Tensor(index, message.name, message.datatype.upper(), shape, message)
 
 
-def _floats(data: bytes, datatype: str, count: int, what: str) -> np.ndarray:
-    """Raw little-endian elements as float64, after checking their byte length."""
+#: Datatypes whose every value a float32 holds exactly: read as float32, not float64.
+EXACT_IN_FLOAT32 = frozenset({"FP16", "BF16", "FP32", "INT8", "INT16", "UINT8", "UINT16"})
+
+
+def _floats(data: bytes, datatype: str, count: int, what: str, wide: bool = True) -> np.ndarray:
+    """Raw little-endian elements as float64 (or, with ``wide`` False, as float32 where
+    that is exact: what float64 then float32 would give, at half the memory), after
+    checking their byte length."""
     dtype = RAW_DTYPES[datatype]
     if len(data) != count * dtype.itemsize:
         reject(
@@ -238,8 +244,9 @@ def _floats(data: bytes, datatype: str, count: int, what: str) -> np.ndarray:
     values = np.frombuffer(data, dtype=dtype, count=count)
     if datatype == "BF16":
         values = (values.astype(np.uint32) << 16).view(np.float32)
+    target = np.float64 if wide or datatype not in EXACT_IN_FLOAT32 else np.float32
     with np.errstate(invalid="ignore"):  # a signalling NaN: the finiteness check rejects it
-        return values.astype(np.float64)
+        return values.astype(target)
 
 
 def _typed(contents: Any, datatype: str, count: int, what: str) -> np.ndarray:
@@ -396,7 +403,9 @@ class ProtobufReader:
             data.append(raw[0])
         if min(map(len, data)) != size or max(map(len, data)) != size:
             return None
-        x = _floats(b"".join(data), datatype, count * len(requests), "raw_input_contents[0]")
+        x = _floats(
+            b"".join(data), datatype, count * len(requests), "raw_input_contents[0]", wide=False
+        )
         ids = [text(request.id) or None for request in requests]
         labels = self._labels[(name, version)]
         return PlainBatch(rows, x.reshape(len(requests) * rows, -1), ids, labels)

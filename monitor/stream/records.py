@@ -19,6 +19,7 @@ import orjson
 import simdjson
 
 from monitor.errors import DecodeError
+from monitor.stream import json_batch
 from monitor.stream.formats import (
     NUMBER_AND_SPACE,
     InputSpec,
@@ -162,9 +163,8 @@ class RecordDecoder:
         self._max_bytes = spec.max_message_bytes
         self._parser = simdjson.Parser()
         self._fast = _fast_json(self)
-        self._batch = (
-            JsonBatch(spec) if self.fmt in (RecordFormat.JSON, RecordFormat.AUTO) else None
-        )
+        whole = self.fmt in (RecordFormat.JSON, RecordFormat.AUTO) and json_batch.applies(spec)
+        self._batch = JsonBatch(spec) if whole else None
         self._protobuf = (
             ProtobufReader(spec, cap_context, only=self.fmt is RecordFormat.V2_PROTOBUF)
             if self.fmt in (RecordFormat.V2_PROTOBUF, RecordFormat.AUTO)
