@@ -609,11 +609,11 @@ def test_a_stuck_parser_is_replaced_and_decoding_goes_on() -> None:
 
 
 def test_a_stuck_batch_parser_is_replaced_and_its_batch_decoded_one_by_one() -> None:
-    decoder = RecordDecoder(FLAT)
+    decoder = RecordDecoder(NESTED)
     assert decoder._batch is not None
     stuck = decoder._batch._parser
     leaked = stuck.parse(b'{"a": [1]}')
-    records = [msg(good_record(FLAT, i)) for i in range(3)]
+    records = [msg(good_record(NESTED, i)) for i in range(3)]
     first = decoder.decode(records)
     assert first.dead == [] and first.ids == ["good-0", "good-1", "good-2"]
     assert decoder._batch._parser is not stuck

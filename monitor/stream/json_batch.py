@@ -31,7 +31,7 @@ from typing import Any, cast
 import numpy as np
 import simdjson
 
-from monitor.stream.formats import NUMBER_AND_SPACE, InputSpec, skeleton
+from monitor.stream.formats import NUMBER_CHARS, InputSpec, skeleton
 from monitor.stream.headers import MAX_VALUE_CHARS
 
 _SPACE = rb"[ \t\r]*"
@@ -74,11 +74,22 @@ BETWEEN = re.compile(
     + _SPACE
 )
 SEPARATOR = b",\n"
+#: What the skeleton check deletes: numbers, spaces, tabs and carriage returns, but not
+#: line breaks (``_without_outputs`` relies on them staying).
+NUMBERS_AND_BLANKS = NUMBER_CHARS + b" \t\r"
 #: Marks where one message's array ends and the next one's starts. No array text holds
 #: it, so the marks in the skeleton are exactly these, and each message's array must be
 #: exactly one copy of the shape's skeleton (brackets alone could be shifted between
 #: neighbours: ``[[1,2]`` and ``[3,4]],[[5,6],[7,8]]``).
 MARK = b";"
+
+
+def _ids(found: list[bytes | None]) -> list[str | None] | None:
+    """The ids' text (bounded as ``headers.text`` bounds it), or None: one is not UTF-8."""
+    try:
+        return [None if i is None else i.decode()[:MAX_VALUE_CHARS] for i in found]
+    except UnicodeDecodeError:
+        return None
 
 
 @dataclass
@@ -96,6 +107,12 @@ class BatchRows:
 MAX_ELEMENTS = 1024
 #: Nor is a batch holding a message longer than this read as a whole.
 MAX_MESSAGE_BYTES = 64 * 1024
+#: Flat instances written with more bytes per element than this (long decimals, such as
+#: float32 values printed as float64) are parsed one by one: the per-record path proves
+#: a flat array without reading its text byte by byte, and the skeleton check here does
+#: (in instructions counted with callgrind, the two break even near 12 bytes an element,
+#: plus some 64 for the keys and the id).
+MAX_FLAT_BYTES_PER_ELEMENT = 12
 
 
 def applies(spec: InputSpec) -> bool:
@@ -110,6 +127,9 @@ class JsonBatch:
         self._size = spec.size
         self._n_classes = spec.n_classes
         self._max_bytes = min(spec.max_message_bytes, MAX_MESSAGE_BYTES)
+        #: Mean bytes a flat record may take here, its keys and id included (0: nested, any).
+        flat = len(spec.shape) == 1
+        self._flat_limit = MAX_FLAT_BYTES_PER_ELEMENT * spec.size + 64 if flat else 0
         self._instance = skeleton(spec.shape)
         self._output = skeleton((spec.n_classes,))
         self._expected: dict[tuple[bytes, int], bytes] = {}
@@ -117,18 +137,23 @@ class JsonBatch:
 
     def rows(self, values: Sequence[bytes | None]) -> BatchRows | None:
         """Rows of every message, or None: some message is not a plain record (or
-        anything is odd), and the per-record path must decode the batch."""
+        anything is odd), and the per-record path must decode the batch. Which pattern
+        to try is the first message's say: a batch's records share a layout."""
         n = len(values)
         if not n or None in values:
             return None
         texts = cast(Sequence[bytes], values)
         if max(map(len, texts)) > self._max_bytes:
             return None
-        joined = SEPARATOR.join(texts)
-        if joined.count(b"\n") != n - 1:
+        if self._flat_limit and sum(map(len, texts)) > self._flat_limit * n:
             return None
-        if joined.find(b'"output"') < 0:
-            return self._without_outputs(joined, n)
+        if b'"output"' in texts[0]:
+            return self._with_outputs(SEPARATOR.join(texts), n)
+        return self._without_outputs(b"}" + SEPARATOR + SEPARATOR.join(texts), n)
+
+    def _with_outputs(self, joined: bytes, n: int) -> BatchRows | None:
+        """``RECORD`` tiles the text: n matches (none can hold a line break) joined by
+        exactly the n - 1 separators, so no message holds a line break or two records."""
         parts = RECORD.split(joined)
         step = _GROUPS + 1
         if (
@@ -138,51 +163,51 @@ class JsonBatch:
             or parts[step:-1:step].count(SEPARATOR) != n - 1
         ):
             return None
-        try:
-            ids = [None if i is None else i.decode()[:MAX_VALUE_CHARS] for i in parts[1::step]]
-        except UnicodeDecodeError:
+        ids = _ids(parts[1::step])
+        if ids is None:
             return None
-        x = self._numbers(parts[2::step], self._instance, n * self._size)
+        x = self._parsed(parts[2::step], self._instance, n * self._size)
         if x is None:
             return None
         outputs = parts[3::step]
         if outputs.count(None) == n:
             return BatchRows(x.reshape(n, self._size), None, ids)
-        y = self._numbers(outputs, self._output, n * self._n_classes)
+        y = self._parsed(outputs, self._output, n * self._n_classes)
         if y is None:  # some records without an output, or a wrong one
             return None
         return BatchRows(x.reshape(n, self._size), y.reshape(n, self._n_classes), ids)
 
-    def _without_outputs(self, joined: bytes, n: int) -> BatchRows | None:
+    def _without_outputs(self, text: bytes, n: int) -> BatchRows | None:
         """The common case, cheaper: only what lies between the instances is matched.
 
-        With ``},\n`` put before the first record, each of the n line breaks is a
-        separator, and each ``BETWEEN`` match holds one: n matches mean every
-        separator follows a ``}`` and precedes the start of a record, and no message
-        holds two. What lies between a message's match and the next one (or the final
-        ``}``) must be one array of the input's shape (``MARK``): the skeleton and the
-        parse prove it.
+        ``text`` is the messages joined with ``},\n`` put first. Each ``BETWEEN`` match
+        holds one line break, and the arrays between the matches may hold none (their
+        skeleton keeps line breaks), so every line break, each separator's and any
+        inside a message, is in a match; n matches for n line breaks mean that each
+        separator follows a ``}`` and precedes the start of a record, and that no
+        message holds another line break or a second record. What lies between a
+        message's match and the next one (or the final ``}``) must be one array of the
+        input's shape (``MARK``): the skeleton and the parse prove it.
         """
-        parts = BETWEEN.split(b"}" + SEPARATOR + joined)
+        parts = BETWEEN.split(text)
         if len(parts) != 2 * n + 1 or parts[0] or not parts[-1].endswith(b"}"):
             return None
-        try:
-            ids = [None if i is None else i.decode()[:MAX_VALUE_CHARS] for i in parts[1::2]]
-        except UnicodeDecodeError:
+        ids = _ids(parts[1::2])
+        if ids is None:
             return None
-        instances = b"[" + MARK.join(parts[2::2])[:-1] + b"]"
-        x = self._parsed(instances, self._instance, n, n * self._size)
+        arrays = parts[2::2]
+        arrays[-1] = arrays[-1][:-1]
+        x = self._parsed(arrays, self._instance, n * self._size)
         return None if x is None else BatchRows(x.reshape(n, self._size), None, ids)
 
-    def _numbers(self, texts: list[bytes], one: bytes, count: int) -> np.ndarray | None:
-        """Float64 numbers of arrays that each have the skeleton ``one``, or None."""
-        if None in texts:
+    def _parsed(self, arrays: list[bytes], one: bytes, count: int) -> np.ndarray | None:
+        """Float64 numbers of the arrays, each of which must have the skeleton ``one``."""
+        if None in arrays:
             return None
-        return self._parsed(b"[" + MARK.join(texts) + b"]", one, len(texts), count)
-
-    def _parsed(self, marked: bytes, one: bytes, n: int, count: int) -> np.ndarray | None:
-        """Float64 numbers of ``[a1;...;an]`` whose arrays each have the skeleton ``one``."""
-        if marked.translate(None, NUMBER_AND_SPACE) != self._skeleton(one, n):
+        arrays[0] = b"[" + arrays[0]
+        arrays[-1] += b"]"
+        marked = MARK.join(arrays)
+        if marked.translate(None, NUMBERS_AND_BLANKS) != self._skeleton(one, len(arrays)):
             return None
         doc: Any = None
         try:
