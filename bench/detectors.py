@@ -32,6 +32,16 @@ class BenchDetector:
     pool_flagged: np.ndarray  # bool per pool entry: flagged by the detector offline
     pool_x: np.ndarray  # the instances themselves (float32)
 
+    def exactly_flagged(self, alert_ids: list[str], n: int) -> bool:
+        """Whether the alerts of a run over records 0..n-1 (ids ``r-<i>``) name exactly
+        the records whose pool entries the detector flags offline, each once."""
+        try:
+            indexes = sorted(int(i.removeprefix("r-")) for i in alert_ids)
+        except ValueError:
+            return False
+        expected = [i for i in range(n) if self.pool_flagged[i % len(self.pool)]]
+        return indexes == expected
+
     def flagged_among(self, n: int) -> int:
         """Alerts expected when records 0..n-1 take pool entries i % len(pool)."""
         reps, rest = divmod(n, len(self.pool))

@@ -13,7 +13,7 @@ TARGET_TEXT = {
     "cnn_rss": "CNN backlog peak RSS < 1.5 GB, JSON and protobuf",
     "p99_latency": "p99 record-to-alert latency < 250 ms at the steady load",
     "eos_vs_alo": "exactly-once >= 0.9x at-least-once",
-    "alerts": "every worker run published exactly the alerts flagged offline",
+    "alerts": "every worker run alerted on exactly the records flagged offline, each once",
     "worker_vs_serial": "worker (at-least-once) >= 80% of the serial bound (digits)",
     "worker_vs_naive": "worker >= 300x the naive baseline",
     "peak_rss": "digits backlog peak RSS < 1.5 GB",
@@ -96,7 +96,11 @@ def derive(r: dict[str, Any]) -> dict[str, Any]:
         "eos_vs_alo": _at_least(digits.get("eos_vs_alo"), 0.9),
         "alerts": None
         if not runs
-        else all(a == run["expected_alerts"] for run in runs for a in run["all_alerts"]),
+        else all(
+            run.get("exactly_flagged", True) and a == run["expected_alerts"]
+            for run in runs
+            for a in run["all_alerts"]
+        ),
         "worker_vs_serial": _at_least(digits.get("worker_vs_serial"), 0.8),
         "worker_vs_naive": _at_least(digits.get("worker_vs_naive"), 300),
         "peak_rss": None if not rss else max(rss) < 1500,
