@@ -77,10 +77,10 @@ SEPARATOR = b",\n"
 #: What the skeleton check deletes: numbers, spaces, tabs and carriage returns, but not
 #: line breaks (``_without_outputs`` relies on them staying).
 NUMBERS_AND_BLANKS = NUMBER_CHARS + b" \t\r"
-#: Marks where one message's array ends and the next one's starts. No array text holds
-#: it, so the marks in the skeleton are exactly these, and each message's array must be
-#: exactly one copy of the shape's skeleton (brackets alone could be shifted between
-#: neighbours: ``[[1,2]`` and ``[3,4]],[[5,6],[7,8]]``).
+#: Marks where one message's array ends and the next one's starts, so that the skeleton
+#: check holds each message's array to exactly one copy of the shape's skeleton (with
+#: commas, brackets could be shifted between neighbours: ``[[1,2]`` and
+#: ``[3,4]],[[5,6],[7,8]]``). An array holding one itself leaves a mark too many.
 MARK = b";"
 
 
