@@ -276,11 +276,13 @@ class RecordDecoder:
         JSON with headers only in the ``json`` format: in ``auto`` a content-type header
         may make a message protobuf."""
         if self._batch is not None and (headers is None or self.fmt is RecordFormat.JSON):
+            rows = self._batch.rows(values)  # first: it refuses most batches it refuses cheaply
+            if rows is None:
+                return None
             facts = None
             if headers is not None and (facts := self._batch_header_facts(values, headers)) is None:
                 return None
-            rows = self._batch.rows(values)
-            return None if rows is None else self._from_batch(rows, facts)
+            return self._from_batch(rows, facts)
         if headers is None and self.fmt is RecordFormat.V2_PROTOBUF:
             plain = self._plain(values)
             return None if plain is None else self._from_plain(plain)
