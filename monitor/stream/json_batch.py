@@ -42,15 +42,14 @@ def _field(name: bytes, value: bytes) -> bytes:
     return b'"' + name + b'"' + _SPACE + b":" + _SPACE + value + _SPACE
 
 
+#: An optional first field ``"id": "..."`` and its comma; group (id,). The id's bytes
+#: hold no quote, backslash or control character: they are the string's value.
+_ID = rb"(?:" + _field(b"id", rb'"([^"\\\x00-\x1f]*)"') + rb"," + _SPACE + rb")?"
 #: One record, groups (id, instance, output). No line break can match anywhere in it.
 RECORD = re.compile(
     rb"\{"
     + _SPACE
-    + rb"(?:"
-    + _field(b"id", rb'"([^"\\\x00-\x1f]*)"')
-    + rb","
-    + _SPACE
-    + rb")?"
+    + _ID
     + _field(b"instance", b"(" + _NUMBERS + b")")
     + rb"(?:,"
     + _SPACE
@@ -60,19 +59,7 @@ RECORD = re.compile(
 _GROUPS = RECORD.groups
 #: A record's end, the separator and the next record's start up to its instance: what
 #: lies between two records without outputs. Group (id,).
-BETWEEN = re.compile(
-    rb"\},\n\{"
-    + _SPACE
-    + rb"(?:"
-    + _field(b"id", rb'"([^"\\\x00-\x1f]*)"')
-    + rb","
-    + _SPACE
-    + rb")?"
-    + rb'"instance"'
-    + _SPACE
-    + b":"
-    + _SPACE
-)
+BETWEEN = re.compile(rb"\},\n\{" + _SPACE + _ID + rb'"instance"' + _SPACE + b":" + _SPACE)
 SEPARATOR = b",\n"
 #: What the skeleton check deletes: numbers, spaces, tabs and carriage returns, but not
 #: line breaks (``_without_outputs`` relies on them staying).
