@@ -137,20 +137,14 @@ def test_fit_until_agreement_returns_unseen_holdout(
 
 
 class TestDefaultArchitecture:
-    def test_flat_inputs_get_three_hidden_layers(self, tiny_classifier: Any) -> None:
+    def test_flat_inputs_get_a_hidden_layer(self, tiny_classifier: Any) -> None:
         from monitor import ModelDistillation
-        from monitor.detector.architectures import default_distilled_model
 
         det = ModelDistillation(model=tiny_classifier, threshold=1.0)
         layers = [type(layer).__name__ for layer in det.distilled_model.layers]
-        assert layers == ["InputLayer", "Flatten", "Dense", "Dense", "Dense", "Dense"]
-        assert [layer.units for layer in det.distilled_model.layers[2:5]] == [32, 32, 32]
+        assert layers == ["InputLayer", "Flatten", "Dense", "Dense"]
+        assert det.distilled_model.layers[2].units == 32
         assert det.distilled_model.output_shape == (None, 3)
-        one = default_distilled_model((8,), 3, hidden_units=16, depth=1)
-        assert [type(layer).__name__ for layer in one.layers][2:] == ["Dense", "Dense"]
-        assert one.layers[2].units == 16
-        with pytest.raises(ValueError, match="depth"):
-            default_distilled_model((8,), 3, depth=0)
 
     @pytest.mark.parametrize(
         ("shape", "conv"), [((16, 16, 3), True), ((20, 20), True), ((8, 8), False)]

@@ -58,16 +58,18 @@ def build_demo_detector(
 ) -> Path:
     """Train the digits classifier and its detector with ``fit``'s defaults; save to ``out_dir``.
 
-    The distilled models are trained on 80% of the training split until each agrees with
-    the classifier on the default target, and averaged (``ensemble.distil``); the
-    threshold is the 95th percentile of the scores on the other 20% (clean data neither
-    model was fitted on for the detector).
+    The distilled model is trained on 80% of the training split until it agrees with the
+    classifier on the default target; the threshold is the 95th percentile of the scores
+    on the other 20% (clean data neither model was fitted on for the detector).
     """
     import keras
 
-    from monitor.detector.architectures import DEFAULT_LOSS_TYPE, DEFAULT_TEMPERATURE
+    from monitor.detector.architectures import (
+        DEFAULT_LOSS_TYPE,
+        DEFAULT_TEMPERATURE,
+        fit_until_agreement,
+    )
     from monitor.detector.distillation import ModelDistillation
-    from monitor.detector.ensemble import distil
     from monitor.detector.persistence import save_detector
 
     x_train, y_train, x_test, y_test = load_digits_split(seed)
@@ -80,8 +82,8 @@ def build_demo_detector(
         data_type="image",
         threshold=np.inf,  # set below; avoids the "no threshold" warning
     )
-    distilled = distil(detector, x_train, seed=seed, verbose=verbose)
-    detector.infer_threshold(distilled.x_holdout, threshold_perc=THRESHOLD_PERC)
+    x_holdout, stopper = fit_until_agreement(detector, x_train, seed=seed, verbose=verbose)
+    detector.infer_threshold(x_holdout, threshold_perc=THRESHOLD_PERC)
     out = Path(out_dir)
     save_detector(detector, out, name="digits-demo", version=str(seed))
     classifier.save(out / CLASSIFIER_FILE)
@@ -91,8 +93,7 @@ def build_demo_detector(
         "seed": seed,
         "test_fraction": TEST_FRACTION,
         "classifier_test_accuracy": accuracy,
-        "agreement": distilled.agreement,
-        "member_epochs": distilled.member_epochs,
+        "agreement_history": stopper.history if stopper else [],
         "threshold_perc": THRESHOLD_PERC,
     }
     (out / DEMO_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
