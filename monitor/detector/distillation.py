@@ -179,6 +179,27 @@ class ModelDistillation:
     def n_classes(self) -> int:
         return self._n_classes
 
+    def replace_distilled_model(self, distilled_model: keras.Model) -> None:
+        """Score with another distilled model from now on (``fit``'s ensemble uses it).
+
+        The new model is checked against the classifier's shapes like the one given at
+        construction; the compiled scoring functions are rebuilt on the next call. The
+        threshold and reference scores are left as they are: infer them again.
+        """
+        if not isinstance(distilled_model, keras.Model):
+            raise TypeError(
+                f"distilled_model must be a Keras model, got {type(distilled_model).__name__}"
+            )
+        previous = self.distilled_model
+        self.distilled_model = distilled_model
+        try:
+            self._check_distilled()
+        except DetectorError:
+            self.distilled_model = previous
+            raise
+        self._score_x = self._score_y = None
+        self._classes = None
+
     def _check_distilled(self) -> None:
         """Build the distilled model if needed and check it fits the classifier's shapes."""
         probe = np.zeros((1, *self._input_shape), dtype=self.input_dtype)
@@ -270,7 +291,9 @@ class ModelDistillation:
         def predict_model(x: tf.Tensor) -> tf.Tensor:
             return tf.cast(model(x, training=False), tf.float32)
 
-        self._score_x, self._score_y, self._predict_model = score_x, score_y, predict_model
+        self._score_x, self._score_y = score_x, score_y
+        # The classifier's function outlives a new distilled model (replace_distilled_model).
+        self._predict_model = self._predict_model or predict_model
 
     def _compile_classes(self) -> tuple[Any, Any]:
         """Concrete functions returning scores and both models' top classes in one call.
