@@ -40,6 +40,7 @@ from bench.candidate_tables import fmt, ranking, table  # noqa: E402
 from bench.candidates import CANDIDATES, Candidate, build_scorer, parse_candidate  # noqa: E402
 
 WINDOW = 200
+WHOLE = "whole"  # the whole test split (--whole-split), instead of the two halves
 MIN_WINDOW = 10
 WINDOW_FRACTION = 0.3
 P_VALUE = 0.01
@@ -81,7 +82,7 @@ def case_specs(kind: str, quick: bool) -> list[Any]:
     return specs_for_kind(kind, [3, 5] if quick else [3, 4, 5], quick)
 
 
-def prepare(name: str, seed: int, quick: bool) -> Prepared:
+def prepare(name: str, seed: int, quick: bool, whole: bool = False) -> Prepared:
     from monitor.evaluation.cases import load_case
     from monitor.evaluation.harm import corrupt
     from monitor.tabular_corruptions import feature_stats
@@ -95,18 +96,21 @@ def prepare(name: str, seed: int, quick: bool) -> Prepared:
         (spec, corrupt(spec, x, y, case.classifier, seed, steps, stats=stats))
         for spec in case_specs(case.kind, quick)
     ]
-    return Prepared(name, seed, case.classifier, case.x_train, x, y, sets, halves(y, seed))
+    rows = {WHOLE: np.arange(len(y))} if whole else halves(y, seed)
+    return Prepared(name, seed, case.classifier, case.x_train, x, y, sets, rows)
 
 
-def window_size(n_clean: int) -> int | None:
-    """200 records, or half the clean rows (the other half is the reference) when fewer.
+def window_size(n_clean: int, whole: bool) -> int | None:
+    """200 records, or fewer when the clean rows are few: on a half, half the clean rows
+    (the other half is the reference); on the whole split, ``evaluate``'s rule (what
+    leaves a reference of 50 rows), so the numbers are ``evaluate``'s.
 
-    A half of a test split is small: ``evaluate``'s rule (a reference of only 50 rows)
-    would make the test weak and compare candidates on noise.
+    A half of a test split is small: ``evaluate``'s rule would leave a 50-row reference
+    there, make the test weak and compare candidates on noise.
     """
     from monitor.evaluation.windows import MIN_REFERENCE
 
-    size = min(WINDOW, n_clean // 2)
+    size = min(WINDOW, n_clean - MIN_REFERENCE if whole else n_clean // 2)
     return size if size >= MIN_WINDOW and n_clean - size >= MIN_REFERENCE else None
 
 
@@ -128,7 +132,7 @@ def measure(scorer: Any, prepared: Prepared, rows: np.ndarray, trials: int) -> d
         {},
         user_sets=sets,
     )
-    window = window_size(len(rows))
+    window = window_size(len(rows), whole=len(rows) == len(prepared.y_test))
     pooled = window_groups(result.cases, BAR_MIN_SEVERITY).get(POOLED, [])
     if window is not None and pooled:
         clean = result.cases[0].clean.scores
@@ -168,7 +172,7 @@ def run(args: argparse.Namespace, candidates: Sequence[Candidate]) -> dict[str, 
     for name in args.cases:
         for seed in args.seeds:
             start = time.monotonic()
-            prepared = prepare(name, seed, args.quick)
+            prepared = prepare(name, seed, args.quick, args.whole_split)
             log(
                 f"[{name} seed {seed}] classifier and {len(prepared.sets)} corrupted sets "
                 f"in {time.monotonic() - start:.0f}s"
@@ -178,17 +182,19 @@ def run(args: argparse.Namespace, candidates: Sequence[Candidate]) -> dict[str, 
                 scorer, info = build_scorer(candidate, prepared.classifier, prepared.x_train, seed)
                 row: dict[str, Any] = {"train": info}
                 for half, rows in prepared.halves.items():
-                    trials = args.trials if half == "test" else max(50, args.trials // 5)
+                    trials = args.trials if half != "validation" else max(50, args.trials // 5)
                     row[half] = measure(scorer, prepared, rows, trials)
                 row["seconds"] = round(time.monotonic() - start, 1)
                 results.setdefault(name, {}).setdefault(candidate.name, {})[str(seed)] = row
                 if args.out:  # after every candidate: a long run that fails keeps its numbers
                     write(args, results, partial=True)
+                shown = "  ".join(
+                    f"{half} AUC+att {fmt(row[half].get('auc_with_attacks'))}"
+                    for half in prepared.halves
+                )
                 log(
-                    f"[{name} seed {seed}] {candidate.name:<18} "
-                    f"val AUC+att {fmt(row['validation'].get('auc_with_attacks'))}  "
-                    f"test AUC+att {fmt(row['test'].get('auc_with_attacks'))}  "
-                    f"flag {fmt(row['test'].get('flagged_harmful'))}  "
+                    f"[{name} seed {seed}] {candidate.name:<18} {shown}  "
+                    f"flag {fmt(row[half].get('flagged_harmful'))}  "
                     f"({row['seconds']:.0f}s, epochs {info['epochs']})"
                 )
     return results
@@ -211,6 +217,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "5 PGD steps, 100 window trials",
     )
     parser.add_argument("--trials", type=int, help="window trials on the test half (default 500)")
+    parser.add_argument(
+        "--whole-split",
+        action="store_true",
+        help="measure on the whole test split, as evaluate --case does (for the numbers of "
+        "a candidate already chosen; never choose on them)",
+    )
     parser.add_argument("--out", help="write every per-seed number to this JSON file")
     parser.add_argument(
         "--report",
@@ -233,7 +245,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def report(results: dict[str, Any], heading: str, markdown: bool) -> None:
     """The three tables: every number on the test half, and the choice across cases on
-    the validation half (where to choose) and on the test half."""
+    the validation half (where to choose) and on the test half (with --whole-split: the
+    numbers and the comparison on the whole test split)."""
+    first = next(iter(next(iter(next(iter(results.values())).values())).values()))
+    if WHOLE in first:
+        print(f"{heading.replace('test half', 'whole test split')}\n")
+        print(table(results, WHOLE, markdown))
+        print("\nacross cases, whole test split:\n")
+        print(ranking(results, WHOLE, markdown))
+        return
     print(f"{heading}\n")
     print(table(results, "test", markdown))
     print("\nacross cases, validation half (choose here):\n")
@@ -280,6 +300,7 @@ def write(
         "cases": args.cases,
         "seeds": args.seeds,
         "quick": args.quick,
+        "whole_split": args.whole_split,
         "trials": args.trials,
         "candidates": args.candidates,
         "partial": partial,
