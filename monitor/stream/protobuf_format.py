@@ -24,6 +24,9 @@ Decisions (tested in tests/test_protobuf_records.py):
 - Bounds: the message's size (with its headers) is checked before it is parsed, the
   parser refuses nesting beyond its recursion limit, and every declared shape is
   checked against the detector's (and the row cap) before anything is built from it.
+- A batch of plain requests laid out alike is read by comparing its bytes with one
+  parsed message (``protobuf_template``), several times faster than parsing each; a
+  batch unlike its template is parsed message by message, with the same outcome.
 - In ``auto``, a ``content-type`` header decides; without one, a message that cannot
   start a JSON text and parses as a request with inputs is protobuf, and a JSON-looking
   one that isn't JSON gets a second chance as protobuf. A message neither JSON nor a
@@ -473,7 +476,7 @@ class ProtobufReader:
         return _Head(tensor, plan, name, version, plan[1] * RAW_DTYPES[plan[2]].itemsize)
 
     def parsed_batch(self, values: Sequence[bytes]) -> PlainBatch | None:
-        """``batch`` by parsing every message (about 2 µs each)."""
+        """``batch`` by parsing every message (about 1.5 µs each)."""
         try:
             requests = [self._request(v) for v in values]
         except (ProtobufDecodeError, ValueError, RuntimeError):
