@@ -124,7 +124,7 @@ def measure(scorer: Any, prepared: Prepared, rows: np.ndarray, trials: int) -> d
     options = SuiteOptions(specs=(), p_value=P_VALUE, window=None)
     sets = [(spec, x_bad[rows]) for spec, x_bad in prepared.sets]
     result = run_seed(
-        scorer,  # type: ignore[arg-type]  (duck-types ModelDistillation)
+        scorer,  # type: ignore[arg-type]  # duck-types ModelDistillation
         prepared.x_test[rows],
         prepared.y_test[rows],
         options,

@@ -137,13 +137,13 @@ def test_fit_until_agreement_returns_unseen_holdout(
 
 
 class TestDefaultArchitecture:
-    def test_flat_inputs_get_a_hidden_layer(self, tiny_classifier: Any) -> None:
+    def test_flat_inputs_get_three_hidden_layers(self, tiny_classifier: Any) -> None:
         from monitor import ModelDistillation
 
         det = ModelDistillation(model=tiny_classifier, threshold=1.0)
         layers = [type(layer).__name__ for layer in det.distilled_model.layers]
-        assert layers == ["InputLayer", "Flatten", "Dense", "Dense"]
-        assert det.distilled_model.layers[2].units == 32
+        assert layers == ["InputLayer", "Flatten", "Dense", "Dense", "Dense", "Dense"]
+        assert [layer.units for layer in det.distilled_model.layers[2:5]] == [32, 32, 32]
         assert det.distilled_model.output_shape == (None, 3)
 
     @pytest.mark.parametrize(

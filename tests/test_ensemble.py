@@ -140,3 +140,35 @@ def test_fit_members_and_hidden_layers_options(
     assert {"member_0", "member_1"} <= set(layers)
     member = [type(layer).__name__ for layer in layers["member_1"].layers]
     assert member == ["InputLayer", "Flatten", "Dense", "Dense", "Dense", "Dense"]
+
+
+def test_fit_averages_five_models_by_default_and_trains_a_given_one_alone(
+    tiny_classifier: Any, tiny_data: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from monitor import load_detector
+    from monitor.cli import main
+
+    tiny_classifier.save(tmp_path / "classifier.keras")
+    np.save(tmp_path / "train.npy", tiny_data[0][:300])
+    argv = ["fit", "--model", str(tmp_path / "classifier.keras")]
+    argv += ["--data", str(tmp_path / "train.npy"), "--quiet", "--epochs", "1", "--agreement", "0"]
+    assert main([*argv, "--out", str(tmp_path / "default")]) == 0
+    names = {layer.name for layer in load_detector(tmp_path / "default").distilled_model.layers}
+    assert {f"member_{k}" for k in range(5)} <= names and "member_5" not in names
+    member = load_detector(tmp_path / "default").distilled_model.get_layer("member_0")
+    assert [type(layer).__name__ for layer in member.layers].count("Dense") == 4  # 3 hidden
+
+    keras_sequential_distilled(tiny_data[0].shape[1:], 3).save(tmp_path / "arch.keras")
+    given = [*argv, "--distilled", str(tmp_path / "arch.keras"), "--out", str(tmp_path / "given")]
+    assert main(given) == 0
+    capsys.readouterr()
+    layers = load_detector(tmp_path / "given").distilled_model.layers
+    assert not any(layer.name.startswith("member_") for layer in layers)
+
+
+def keras_sequential_distilled(shape: tuple[int, ...], n_classes: int) -> Any:
+    import keras
+
+    return keras.Sequential(
+        [keras.Input(shape), keras.layers.Dense(n_classes, activation="softmax")]
+    )

@@ -43,10 +43,13 @@ def run(args: argparse.Namespace) -> int:
         raise DetectorError(f"--out {args.out}: cannot write: {exc.strerror or exc}") from None
     manifest = read_manifest(out)
     info = json.loads((out / DEMO_INFO_FILE).read_text())
-    history = info.get("agreement_history") or [float("nan")]
+    epochs = info.get("member_epochs") or [0]
     print(f"detector saved to {out}")
     print(f"  classifier test accuracy {info['classifier_test_accuracy']:.3f}")
-    print(f"  agreement {history[-1]:.3f} after {len(history)} epochs")
+    print(
+        f"  agreement {info.get('agreement', float('nan')):.3f} "
+        f"({len(epochs)} distilled models averaged, {min(epochs)}-{max(epochs)} epochs each)"
+    )
     print(
         f"  threshold {manifest.threshold:.6g}, loss {manifest.loss_type}, "
         f"temperature {manifest.temperature:g}"

@@ -13,8 +13,8 @@ DEFAULT_LOSS_TYPE = "xent"
 DEFAULT_TEMPERATURE = 0.5
 DEFAULT_AGREEMENT = 0.95
 DEFAULT_MAX_EPOCHS = 200
-DEFAULT_MEMBERS = 1  # monitor.detector.ensemble
-DEFAULT_HIDDEN_LAYERS = 1  # monitor.detector.architectures.DEFAULT_DEPTH
+DEFAULT_MEMBERS = 5  # monitor.detector.ensemble.DEFAULT_MEMBERS
+DEFAULT_HIDDEN_LAYERS = 3  # monitor.detector.architectures.DEFAULT_DEPTH
 
 DESCRIPTION = """\
 Train the distilled model of a saved Keras classifier on clean data, infer the threshold
@@ -22,15 +22,16 @@ and save the detector directory (manifest.json + the two models in .keras format
 
 By default a small distilled architecture is derived from the classifier's input and
 output shapes (--hidden-layers dense layers for flat/small inputs, a tiny conv stack for
-images) and trained until its top class agrees with the classifier's on --agreement of a
-held-out part of --data (at most --epochs epochs). The disagreement that remains is what
-makes harmful inputs stand out; a near-perfect copy detects less. With --members N, N
-such models are trained from different initialisations and their probabilities averaged
-into one distilled model, so the score depends less on one model's random start
-(--members 5 --hidden-layers 3 separated harmful from harmless inputs best on the
-benchmark cases, and scores about 8x slower; see docs/detector-selection.md). The
-threshold is the --threshold-perc percentile of the scores on --threshold-data, or on
-the held-out part.
+images), --members such models are trained from different initialisations, each until
+its top class agrees with the classifier's on --agreement of a held-out part of --data (at
+most --epochs epochs), and their probabilities are averaged into one distilled model. The
+disagreement that remains is what makes harmful inputs stand out; a near-perfect copy
+detects less, and the average makes the score depend less on one model's random start.
+Five three-layer members separated harmful from harmless inputs best on the benchmark
+cases (docs/detector-selection.md); --members 1 --hidden-layers 1 scores about 4x faster
+and detects less. With --distilled, that model is trained alone unless --members says
+otherwise. The threshold is the --threshold-perc percentile of the scores on
+--threshold-data, or on the held-out part.
 """
 
 
@@ -80,9 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--members",
         type=int,
-        default=DEFAULT_MEMBERS,
+        default=None,
         help="distilled models trained and averaged into the detector's distilled model "
-        f"(default {DEFAULT_MEMBERS}: a single one)",
+        f"(default {DEFAULT_MEMBERS}; 1 with --distilled)",
     )
     p.add_argument(
         "--hidden-layers",
@@ -131,6 +132,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError("--epochs must be at least 1")
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
+    if args.members is None:
+        args.members = 1 if args.distilled else DEFAULT_MEMBERS
     if args.members < 1:
         raise ConfigError("--members must be at least 1")
     if args.hidden_layers < 1:

@@ -58,18 +58,16 @@ def build_demo_detector(
 ) -> Path:
     """Train the digits classifier and its detector with ``fit``'s defaults; save to ``out_dir``.
 
-    The distilled model is trained on 80% of the training split until it agrees with the
-    classifier on the default target; the threshold is the 95th percentile of the scores
-    on the other 20% (clean data neither model was fitted on for the detector).
+    Each distilled model (``ensemble.distil``'s default number) is trained on 80% of the
+    training split until it agrees with the classifier on the default target, and their
+    average is the detector's distilled model; the threshold is the 95th percentile of the
+    scores on the other 20% (clean data neither model was fitted on for the detector).
     """
     import keras
 
-    from monitor.detector.architectures import (
-        DEFAULT_LOSS_TYPE,
-        DEFAULT_TEMPERATURE,
-        fit_until_agreement,
-    )
+    from monitor.detector.architectures import DEFAULT_LOSS_TYPE, DEFAULT_TEMPERATURE
     from monitor.detector.distillation import ModelDistillation
+    from monitor.detector.ensemble import distil
     from monitor.detector.persistence import save_detector
 
     x_train, y_train, x_test, y_test = load_digits_split(seed)
@@ -82,7 +80,8 @@ def build_demo_detector(
         data_type="image",
         threshold=np.inf,  # set below; avoids the "no threshold" warning
     )
-    x_holdout, stopper = fit_until_agreement(detector, x_train, seed=seed, verbose=verbose)
+    distilled = distil(detector, x_train, seed=seed, verbose=verbose)
+    x_holdout = distilled.x_holdout
     detector.infer_threshold(x_holdout, threshold_perc=THRESHOLD_PERC)
     out = Path(out_dir)
     save_detector(detector, out, name="digits-demo", version=str(seed))
@@ -93,7 +92,8 @@ def build_demo_detector(
         "seed": seed,
         "test_fraction": TEST_FRACTION,
         "classifier_test_accuracy": accuracy,
-        "agreement_history": stopper.history if stopper else [],
+        "agreement": distilled.agreement,
+        "member_epochs": distilled.member_epochs,
         "threshold_perc": THRESHOLD_PERC,
     }
     (out / DEMO_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

@@ -34,7 +34,7 @@ from monitor.detector.architectures import (
 if TYPE_CHECKING:
     from monitor.detector.distillation import ModelDistillation
 
-DEFAULT_MEMBERS = 1  # fit's default: one distilled model
+DEFAULT_MEMBERS = 5  # fit's default for its own architecture (docs/detector-selection.md)
 # Member k > 0 starts from keras.utils.set_random_seed(seed + MEMBER_SEED_STEP * k).
 MEMBER_SEED_STEP = 1000
 

@@ -24,7 +24,7 @@ from monitor.evaluation.cases import load_case
 CASE_INFO_FILE = "case.json"
 # Raise when a case's data, classifier or detector recipe changes: cached detectors of
 # an older definition are rebuilt instead of silently reused.
-CASE_DEFINITION = 1
+CASE_DEFINITION = 2
 THRESHOLD_PERC = 95.0
 
 
@@ -50,12 +50,9 @@ def build_case_detector(
     """Train case ``name``'s classifier for ``seed`` and its detector; save to ``out_dir``."""
     import keras
 
-    from monitor.detector.architectures import (
-        DEFAULT_LOSS_TYPE,
-        DEFAULT_TEMPERATURE,
-        fit_until_agreement,
-    )
+    from monitor.detector.architectures import DEFAULT_LOSS_TYPE, DEFAULT_TEMPERATURE
     from monitor.detector.distillation import ModelDistillation
+    from monitor.detector.ensemble import distil
     from monitor.detector.persistence import save_detector
 
     case = load_case(name, seed)
@@ -67,7 +64,8 @@ def build_case_detector(
         data_type=case.kind,
         threshold=np.inf,  # set below; avoids the "no threshold" warning
     )
-    x_holdout, stopper = fit_until_agreement(detector, case.x_train, seed=seed, verbose=verbose)
+    distilled = distil(detector, case.x_train, seed=seed, verbose=verbose)
+    x_holdout = distilled.x_holdout
     detector.infer_threshold(x_holdout, threshold_perc=THRESHOLD_PERC)
     out = Path(out_dir)
     save_detector(detector, out, name=f"{name}-case", version=str(seed))
@@ -80,7 +78,8 @@ def build_case_detector(
         "train_rows": len(case.x_train),
         "test_rows": len(case.x_test),
         "classifier_test_accuracy": float(np.mean(predicted == case.y_test)),
-        "agreement_history": stopper.history if stopper else [],
+        "agreement": distilled.agreement,
+        "member_epochs": distilled.member_epochs,
         "threshold_rows": len(x_holdout),
         "threshold_perc": THRESHOLD_PERC,
     }
