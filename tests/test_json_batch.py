@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from monitor.stream import json_batch
 from monitor.stream.json_batch import JsonBatch
 from monitor.stream.records import DecodedBatch, InputSpec, Reason, RecordDecoder, RecordFormat
 
@@ -138,6 +139,152 @@ def test_numbers_beyond_float32_dead_letter_their_message_on_the_batch_path() ->
     ]
 
 
+# -- the template path: heads alike but for ids of one width ----------------------------
+
+
+@pytest.fixture
+def template_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The regular-expression path turned off: a batch the template refuses is decoded
+    one by one, so a test that needs the batch path proves the template took it."""
+    monkeypatch.setattr(json_batch, "_between", lambda text, n: None)
+
+
+def lengths_of(values: list[bytes]) -> np.ndarray:
+    return np.array([len(v) for v in values])
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+@pytest.mark.parametrize("spaced", [False, True], ids=["compact", "spaced"])
+@pytest.mark.usefixtures("template_only")
+def test_plain_records_with_ids_of_one_width_take_the_template_path(
+    spec: InputSpec, spaced: bool
+) -> None:
+    rng = np.random.default_rng(1)
+    ids = [f"r-{i:04d}" for i in range(40)]
+    values = [record(rng.random(spec.shape).round(4), i, spaced=spaced) for i in ids]
+    assert json_batch._templated(values, lengths_of(values)) is not None
+    got = RecordDecoder(spec).decode_values(values)
+    assert got.ids == ids and not got.dead and len(got.X) == 40
+    same(got, per_record(spec).decode_values(values))
+
+
+@pytest.mark.usefixtures("template_only")
+def test_the_template_path_reads_records_without_ids_empty_ids_and_utf8_ids() -> None:
+    spec = InputSpec((2, 2), 3)
+    x = np.arange(4.0).reshape(2, 2) / 8
+    for ids in ([None] * 3, [""] * 3, ["é€", "€é", "ab€"], ["x" * 300] * 2):
+        values = [
+            record(x + k)
+            if i is None
+            else b'{"id":"%s","instance":%s}' % (i.encode(), json.dumps((x + k).tolist()).encode())
+            for k, i in enumerate(ids)
+        ]
+        assert JsonBatch(spec).rows(values) is not None, ids
+        got = RecordDecoder(spec).decode_values(values)
+        same(got, per_record(spec).decode_values(values))
+        assert got.ids == [None if i is None else i[:256] for i in ids]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        # an id holding a quote, a backslash, a control character, bytes that aren't UTF-8
+        [b'{"id":"ab","instance":[1,2,3,4]}', b'{"id":"a"","instance":[1,2,3,4]}'],
+        [b'{"id":"ab","instance":[1,2,3,4]}', b'{"id":"a\\","instance":[1,2,3,4]}'],
+        [b'{"id":"ab","instance":[1,2,3,4]}', b'{"id":"a\n","instance":[1,2,3,4]}'],
+        [b'{"id":"ab","instance":[1,2,3,4]}', b'{"id":"a\x00","instance":[1,2,3,4]}'],
+        [b'{"id":"ab","instance":[1,2,3,4]}', b'{"id":"\xc3(","instance":[1,2,3,4]}'],
+        # a key differing by one byte, a message not ending with its brace, a short one
+        [b'{"id":"ab","instance":[1,2,3,4]}', b'{"iD":"ab","instance":[1,2,3,4]}'],
+        [b'{"id":"ab","instance":[1,2,3,4]}', b' "id":"ab","instance":[1,2,3,4]}'],
+        [b'{"id":"ab","instance":[1,2,3,4]}', b'{"id":"ab","instance":[1,2,3,4]} '],
+        [b'{"id":"ab","instance":[1,2,3,4] ', b'{"id":"ab","instance":[1,2,3,4]}'],
+        [b'{"id":"ab","instance":[1,2,3,4]1', b'{"id":"ab","instance":[1,2,3,4]}'],
+        [b'{"id":"ab","instance":[1,2,3,4]}', b'{"id":"ab","instance":}'],
+        [b'{"instance":[1,2,3,4]}', b'{"instance":[1,2,3,4],"id":"a"}'],
+        # brackets shifted between neighbours whose heads are alike
+        [b'{"id":"ab","instance":[1,2,3}', b'{"id":"ab","instance":4],[1,2,3,4]}'],
+        [b'{"id":"ab","instance":[1,2,3,4];[1,2,3,4]}', b'{"id":"ab","instance":[1,2,3,4]}'],
+    ],
+    ids=[
+        "quote",
+        "backslash",
+        "line-break",
+        "nul",
+        "not-utf8",
+        "key",
+        "first-byte",
+        "trailing-blank",
+        "no-brace",
+        "digit-for-brace",
+        "short",
+        "id-after",
+        "shifted",
+        "mark",
+    ],
+)
+@pytest.mark.usefixtures("template_only")
+def test_the_template_path_refuses_what_one_by_one_would_judge(values: list[bytes]) -> None:
+    spec = InputSpec((4,), 3)
+    assert json_batch._templated(values, lengths_of(values)) is None or (
+        JsonBatch(spec).rows(values) is None
+    )
+    got = RecordDecoder(spec).decode_values(values)
+    same(got, per_record(spec).decode_values(values))
+
+
+def test_ids_of_different_widths_are_left_to_the_regular_expression() -> None:
+    spec = InputSpec((4,), 3)
+    values = batch_of(spec, 12)  # r-0 ... r-11
+    assert json_batch._templated(values, lengths_of(values)) is None
+    assert JsonBatch(spec).rows(values) is not None
+    same(RecordDecoder(spec).decode_values(values), per_record(spec).decode_values(values))
+
+
+#: Id bytes of one width: the plain ones most traffic has, UTF-8 ones, or anything
+#: (quotes, backslashes, control bytes, bytes that aren't UTF-8).
+PLAIN_IDS = st.text("ab-_9 ~\x7f", min_size=3, max_size=3).map(str.encode)
+ODD_IDS = st.one_of(
+    st.sampled_from(["é.", "€", ".é", '"a"', "a\\"]).map(str.encode),
+    st.binary(min_size=3, max_size=3),
+)
+ID_BYTES = st.one_of(PLAIN_IDS, PLAIN_IDS, PLAIN_IDS, PLAIN_IDS, ODD_IDS)
+
+
+@st.composite
+def templated_batches(draw: st.DrawFn) -> tuple[InputSpec, list[bytes]]:
+    spec = draw(st.sampled_from(SPECS))
+    spaced = draw(st.booleans())
+    head = b'{"id": "' if spaced else b'{"id":"'
+    middle = b'", "instance": ' if spaced else b'","instance":'
+    values = []
+    for _ in range(draw(st.integers(1, 6))):
+        x = np.array(draw(st.lists(numbers, min_size=spec.size, max_size=spec.size)), dtype=object)
+        array = json.dumps(x.reshape(spec.shape).tolist()).encode()
+        values.append(head + draw(ID_BYTES) + middle + array + b"}")
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
+        i = draw(st.integers(0, len(values) - 1))
+        j = draw(st.integers(0, len(values) - 1))
+        values[i] = draw(st.sampled_from(MUTATIONS))(values[i], values[j])
+    return spec, values
+
+
+@settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(case=templated_batches())
+def test_the_template_path_decodes_exactly_as_one_by_one(
+    case: tuple[InputSpec, list[bytes]],
+) -> None:
+    spec, values = case
+    templated = json_batch._templated(values, lengths_of(values)) is not None
+    accepted = JsonBatch(spec).rows(values) is not None
+    event("template" if templated and accepted else "refused" if templated else "other")
+    same(RecordDecoder(spec).decode_values(values), per_record(spec).decode_values(values))
+
+
 # -- the property: batch and one-by-one agree on anything ----------------------------
 
 numbers = st.one_of(
@@ -163,6 +310,7 @@ def valid_records(draw: st.DrawFn, spec: InputSpec) -> bytes:
 
 MUTATIONS = [
     lambda v, w: v[:-1],
+    lambda v, w: v[:-1] + b" ",
     lambda v, w: v + b"}",
     lambda v, w: v[: len(v) // 2] + w[len(w) // 2 :],
     lambda v, w: v.replace(b"[", b"", 1),
@@ -177,6 +325,7 @@ MUTATIONS = [
     lambda v, w: v.replace(b"1", b"NaN", 1),
     lambda v, w: v.replace(b"0", b"01", 1),
     lambda v, w: b" " + v,
+    lambda v, w: b" " + v[1:],
     lambda v, w: v.replace(b'"id"', b'"i\\u0064"', 1),
     lambda v, w: v.replace(b'"r', b'"\xff', 1),
 ]

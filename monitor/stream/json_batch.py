@@ -3,12 +3,18 @@
 Per record, the decoder's Python work (a parse call, key checks, shape proofs) costs
 more than parsing the numbers. Most traffic is one layout over and over,
 ``{"id": "...", "instance": [...], "output": [...]}`` (``id`` and ``output`` optional,
-in that order, nothing else), and a batch of such records is read from its messages
-joined with ``,\n``, none of which may hold a line break:
+in that order, nothing else), and a batch of such records is read in three steps:
 
-1. a regular expression cuts out every id and instance (and output) and proves that each
-   message is exactly one such record: ``BETWEEN`` for records without outputs (it
-   matches only what lies between two instances), ``RECORD`` for records with them;
+1. each message is cut into its id and its instance's text:
+   - usually by the first message's head (``HEAD``: its bytes up to the instance):
+     every message must start with the same bytes but for an id of the same length and
+     end with ``}``. numpy compares the heads as one block of that width and overwrites
+     them, in the messages joined, with ``MARK`` and blanks, so no message is sliced
+     and no instance is read byte by byte in Python;
+   - else (ids of different lengths, other blanks from record to record, ids in some
+     records only) by a regular expression over the messages joined with ``,\n``, none
+     of which may hold a line break: ``BETWEEN`` for records without outputs (it
+     matches only what lies between two instances), ``RECORD`` for records with them;
    ids hold no quote, backslash or control character, so their bytes are the value;
 2. deleting the number characters from the instances, joined with ``MARK``, leaves the
    batch's skeleton, which must be the input shape's, once per message;
@@ -61,8 +67,10 @@ _GROUPS = RECORD.groups
 #: lies between two records without outputs. Group (id,).
 BETWEEN = re.compile(rb"\},\n\{" + _SPACE + _ID + rb'"instance"' + _SPACE + b":" + _SPACE)
 SEPARATOR = b",\n"
+#: A record's start up to its instance, the template's source. Groups (id,).
+HEAD = re.compile(rb"\{" + _SPACE + _ID + rb'"instance"' + _SPACE + b":" + _SPACE)
 #: What the skeleton check deletes: numbers, spaces, tabs and carriage returns, but not
-#: line breaks (``_without_outputs`` relies on them staying).
+#: line breaks (``_between`` relies on them staying).
 NUMBERS_AND_BLANKS = NUMBER_CHARS + b" \t\r"
 #: Marks where one message's array ends and the next one's starts, so that the skeleton
 #: check holds each message's array to exactly one copy of the shape's skeleton (with
@@ -77,6 +85,103 @@ def _ids(found: list[bytes | None]) -> list[str | None] | None:
         return [None if i is None else i.decode()[:MAX_VALUE_CHARS] for i in found]
     except UnicodeDecodeError:
         return None
+
+
+#: Messages cut into their instances' text and their ids (step 1).
+Cut = tuple[list[bytes], list[str | None]]
+#: The messages joined, each one's head turned into ``MARK`` (``[`` for the first) and
+#: blanks and its closing ``}`` into a blank (``]`` for the last), and their ids.
+Marked = tuple[bytearray, list[str | None]]
+_BLANK = ord(" ")
+
+
+def _templated(texts: Sequence[bytes], lengths: np.ndarray) -> Marked | None:
+    """The messages marked in place by the first one's head, or None: some message's
+    head differs from it but for an id of the same length (``_between`` may still read
+    the batch).
+
+    Every message must hold the first one's head (its bytes up to its instance, as
+    ``HEAD`` matches them) at its start, byte for byte outside the id, and end with
+    ``}``; the id's bytes must not be a quote, a backslash or a control character
+    (``_fixed_ids``), so the head is the same JSON but for the id's value. The heads
+    are compared and overwritten in numpy, as a block of the same width in each message.
+    """
+    head = HEAD.match(texts[0])
+    if head is None or lengths.min() <= head.end():
+        return None
+    marked = bytearray().join(texts)
+    u = np.frombuffer(marked, dtype=np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    where = starts[:, None] + np.arange(head.end())
+    heads = u[where]
+    id_start, id_end = head.span(1) if head.start(1) >= 0 else (head.end(), head.end())
+    if not (_same(heads[:, :id_start]) and _same(heads[:, id_end:])):
+        return None
+    ends = starts + lengths - 1
+    if not (u[ends] == ord("}")).all():
+        return None
+    ids: list[str | None] | None = [None] * len(texts)
+    if head.start(1) >= 0:
+        ids = _fixed_ids(heads[:, id_start:id_end])
+    if ids is None:
+        return None
+    u[where] = _BLANK
+    u[ends] = _BLANK
+    u[starts] = MARK[0]
+    u[0], u[-1] = ord("["), ord("]")
+    return marked, ids
+
+
+def _same(columns: np.ndarray) -> bool:
+    """Whether every row equals the first."""
+    return bool((columns == columns[0]).all())
+
+
+def _fixed_ids(block: np.ndarray) -> list[str | None] | None:
+    """The ids' text, one row of bytes each, as ``_ids`` gives it, or None: one holds a
+    quote, a backslash, a control character or bytes that aren't UTF-8. ASCII ids (one
+    character a byte) become text through numpy's fixed-width strings."""
+    ids: list[str | None]
+    n, width = block.shape
+    if not width:
+        return [""] * n
+    rows = np.ascontiguousarray(block)
+    if ((rows < 0x20) | (rows == ord('"')) | (rows == ord("\\"))).any():
+        return None
+    if (rows < 0x80).all():  # (and no NUL, which a fixed-width string would drop)
+        ids = rows.astype(np.uint32).view(f"<U{width}").ravel().tolist()
+    else:
+        raw = rows.tobytes()
+        try:
+            ids = [raw[i : i + width].decode() for i in range(0, n * width, width)]
+        except UnicodeDecodeError:
+            return None
+    if width > MAX_VALUE_CHARS:
+        ids = [cast(str, i)[:MAX_VALUE_CHARS] for i in ids]
+    return ids
+
+
+def _between(text: bytes, n: int) -> Cut | None:
+    """The messages cut by ``BETWEEN`` (any blanks, ids in some records only), or None.
+
+    ``text`` is the messages joined with ``},\n`` put first. Each ``BETWEEN`` match
+    holds one line break, and the arrays between the matches may hold none (their
+    skeleton keeps line breaks), so every line break, each separator's and any
+    inside a message, is in a match; n matches for n line breaks mean that each
+    separator follows a ``}`` and precedes the start of a record, and that no
+    message holds another line break or a second record. What lies between a
+    message's match and the next one (or the final ``}``) must be one array of the
+    input's shape (``MARK``): the skeleton and the parse prove it.
+    """
+    parts = BETWEEN.split(text)
+    if len(parts) != 2 * n + 1 or parts[0] or not parts[-1].endswith(b"}"):
+        return None
+    ids = _ids(parts[1::2])
+    if ids is None:
+        return None
+    arrays = parts[2::2]
+    arrays[-1] = arrays[-1][:-1]
+    return arrays, ids
 
 
 @dataclass
@@ -124,19 +229,31 @@ class JsonBatch:
 
     def rows(self, values: Sequence[bytes | None]) -> BatchRows | None:
         """Rows of every message, or None: some message is not a plain record (or
-        anything is odd), and the per-record path must decode the batch. Which pattern
-        to try is the first message's say: a batch's records share a layout."""
+        anything is odd), and the per-record path must decode the batch. Which way to
+        cut the messages is the first message's say: a batch's records share a layout."""
         n = len(values)
-        if not n or None in values:
-            return None
         texts = cast(Sequence[bytes], values)
-        if max(map(len, texts)) > self._max_bytes:
+        try:
+            lengths = np.fromiter(map(len, texts), dtype=np.intp, count=n)
+        except TypeError:  # a message without a value
             return None
-        if self._flat_limit and sum(map(len, texts)) > self._flat_limit * n:
+        if not n or lengths.max() > self._max_bytes:
+            return None
+        if self._flat_limit and lengths.sum() > self._flat_limit * n:
             return None
         if b'"output"' in texts[0]:
             return self._with_outputs(SEPARATOR.join(texts), n)
-        return self._without_outputs(b"}" + SEPARATOR + SEPARATOR.join(texts), n)
+        x: np.ndarray | None
+        ids: list[str | None]
+        if (marked := _templated(texts, lengths)) is not None:
+            text, ids = marked
+            x = self._numbers(text, self._instance, n, n * self._size)
+        elif (cut := _between(b"}" + SEPARATOR + SEPARATOR.join(texts), n)) is not None:
+            arrays, ids = cut
+            x = self._parsed(arrays, self._instance, n * self._size)
+        else:
+            return None
+        return None if x is None else BatchRows(x.reshape(n, self._size), None, ids)
 
     def _with_outputs(self, joined: bytes, n: int) -> BatchRows | None:
         """``RECORD`` tiles the text: n matches (none can hold a line break) joined by
@@ -159,42 +276,25 @@ class JsonBatch:
         outputs = parts[3::step]
         if outputs.count(None) == n:
             return BatchRows(x.reshape(n, self._size), None, ids)
+        if None in outputs:  # some records without an output
+            return None
         y = self._parsed(outputs, self._output, n * self._n_classes)
-        if y is None:  # some records without an output, or a wrong one
+        if y is None:
             return None
         return BatchRows(x.reshape(n, self._size), y.reshape(n, self._n_classes), ids)
 
-    def _without_outputs(self, text: bytes, n: int) -> BatchRows | None:
-        """The common case, cheaper: only what lies between the instances is matched.
-
-        ``text`` is the messages joined with ``},\n`` put first. Each ``BETWEEN`` match
-        holds one line break, and the arrays between the matches may hold none (their
-        skeleton keeps line breaks), so every line break, each separator's and any
-        inside a message, is in a match; n matches for n line breaks mean that each
-        separator follows a ``}`` and precedes the start of a record, and that no
-        message holds another line break or a second record. What lies between a
-        message's match and the next one (or the final ``}``) must be one array of the
-        input's shape (``MARK``): the skeleton and the parse prove it.
-        """
-        parts = BETWEEN.split(text)
-        if len(parts) != 2 * n + 1 or parts[0] or not parts[-1].endswith(b"}"):
-            return None
-        ids = _ids(parts[1::2])
-        if ids is None:
-            return None
-        arrays = parts[2::2]
-        arrays[-1] = arrays[-1][:-1]
-        x = self._parsed(arrays, self._instance, n * self._size)
-        return None if x is None else BatchRows(x.reshape(n, self._size), None, ids)
-
     def _parsed(self, arrays: list[bytes], one: bytes, count: int) -> np.ndarray | None:
         """Float64 numbers of the arrays, each of which must have the skeleton ``one``."""
-        if None in arrays:
-            return None
         arrays[0] = b"[" + arrays[0]
         arrays[-1] += b"]"
-        marked = MARK.join(arrays)
-        if marked.translate(None, NUMBERS_AND_BLANKS) != self._skeleton(one, len(arrays)):
+        return self._numbers(MARK.join(arrays), one, len(arrays), count)
+
+    def _numbers(
+        self, marked: bytes | bytearray, one: bytes, n: int, count: int
+    ) -> np.ndarray | None:
+        """Float64 numbers of ``marked``: n arrays of the skeleton ``one`` between
+        ``MARK``s (and blanks), in brackets."""
+        if marked.translate(None, NUMBERS_AND_BLANKS) != self._skeleton(one, n):
             return None
         doc: Any = None
         try:
