@@ -66,6 +66,15 @@ def rfc3339(seconds: float) -> str:
     return f"{_second(whole)}.{millis:03d}Z"
 
 
+def rfc3339_ms(millis: int) -> str:
+    """``rfc3339(millis / 1000)`` for a Kafka timestamp (whole milliseconds), without the
+    float arithmetic (0.50 us instead of 0.59, paid for every alert)."""
+    if millis < 0:
+        return rfc3339(millis / 1000.0)
+    whole, rest = divmod(millis, 1000)
+    return f"{_second(whole)}.{rest:03d}Z"
+
+
 @lru_cache(maxsize=4096)
 def _second(whole: int) -> str:
     """The seconds part of ``rfc3339``: a batch's records share a few, and ``strftime``

@@ -69,32 +69,36 @@ def alerts(
     per_message = np.bincount(decoded.row_message, minlength=len(messages))
     # Plain Python values for the flagged rows, converted once: a numpy scalar per field
     # and alert cost more than the payload.
-    indexes = decoded.row_message[flagged].tolist()
-    rows_in = decoded.row_in_message[flagged].tolist()
-    several = (per_message[decoded.row_message[flagged]] > 1).tolist()
-    values = scores.scores[flagged].tolist()
-    classes = scores.classifier_class[flagged].tolist()
-    distilled = scores.distilled_class[flagged].tolist()
-    ids, labels_of = decoded.ids, decoded.model_labels
+    rows = decoded.row_message[flagged]
+    columns = zip(
+        rows.tolist(),
+        decoded.row_in_message[flagged].tolist(),
+        (per_message[rows] > 1).tolist(),
+        scores.scores[flagged].tolist(),
+        scores.classifier_class[flagged].tolist(),
+        scores.distilled_class[flagged].tolist(),
+        strict=True,
+    )
+    ids, labels_of, contexts = decoded.ids, decoded.model_labels, decoded.contexts
+    detector = scores.detector
     out: list[Outgoing] = []
-    for i, index in enumerate(indexes):
+    for index, row_in_message, several, score, classifier_class, distilled_class in columns:
         message = messages[index]
-        row_in_message = rows_in[i]
         topic_in, partition, offset = _coordinates(message)
         base = ids[index] if index < len(ids) else None
         if base is None:
             base = f"{topic_in}/{partition}/{offset}"
-        record_id = f"{base}#{row_in_message}" if several[i] else base
+        record_id = f"{base}#{row_in_message}" if several else base
         labels = labels_of[index] if index < len(labels_of) else None
         payload = alert_payload(
             record_id=record_id,
-            score=values[i],
-            detector=scores.detector,
-            classifier_class=classes[i],
-            distilled_class=distilled[i],
+            score=score,
+            detector=detector,
+            classifier_class=classifier_class,
+            distilled_class=distilled_class,
             source=source_fields(topic_in, partition, offset, row_in_message, _timestamp(message)),
             scored_at=scored_at,
-            context=decoded.contexts.get(index, {}),
+            context=contexts.get(index, {}),
             model=labels.as_dict() if labels is not None else None,
         )
         headers = events.ce_headers(
@@ -165,4 +169,4 @@ def _coordinates(message: Message) -> tuple[str, int, int]:
 
 def _timestamp(message: Message) -> str | None:
     ts_type, ts = message.timestamp()
-    return events.rfc3339(ts / 1000.0) if ts_type else None
+    return events.rfc3339_ms(ts) if ts_type else None
