@@ -115,16 +115,21 @@ def test_default_architecture_takes_a_number_of_hidden_layers() -> None:
         default_distilled_model((8,), 3, depth=0)
 
 
+def _fit_argv(classifier: Any, data: Any, tmp_path: Path, epochs: int) -> list[str]:
+    """``fit``'s arguments for the tiny classifier (saved) and 300 of its rows."""
+    classifier.save(tmp_path / "classifier.keras")
+    np.save(tmp_path / "train.npy", data[0][:300])
+    argv = ["fit", "--model", str(tmp_path / "classifier.keras")]
+    return [*argv, "--data", str(tmp_path / "train.npy"), "--quiet", "--epochs", str(epochs)]
+
+
 def test_fit_members_and_hidden_layers_options(
     tiny_classifier: Any, tiny_data: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from monitor import load_detector
     from monitor.cli import main
 
-    tiny_classifier.save(tmp_path / "classifier.keras")
-    np.save(tmp_path / "train.npy", tiny_data[0][:300])
-    argv = ["fit", "--model", str(tmp_path / "classifier.keras")]
-    argv += ["--data", str(tmp_path / "train.npy"), "--quiet", "--epochs", "2"]
+    argv = _fit_argv(tiny_classifier, tiny_data, tmp_path, epochs=2)
     for bad, message in (
         (["--members", "0"], "--members must be at least 1"),
         (["--hidden-layers", "0"], "--hidden-layers must be at least 1"),
@@ -148,10 +153,7 @@ def test_fit_averages_five_models_by_default_and_trains_a_given_one_alone(
     from monitor import load_detector
     from monitor.cli import main
 
-    tiny_classifier.save(tmp_path / "classifier.keras")
-    np.save(tmp_path / "train.npy", tiny_data[0][:300])
-    argv = ["fit", "--model", str(tmp_path / "classifier.keras")]
-    argv += ["--data", str(tmp_path / "train.npy"), "--quiet", "--epochs", "1", "--agreement", "0"]
+    argv = [*_fit_argv(tiny_classifier, tiny_data, tmp_path, epochs=1), "--agreement", "0"]
     assert main([*argv, "--out", str(tmp_path / "default")]) == 0
     names = {layer.name for layer in load_detector(tmp_path / "default").distilled_model.layers}
     assert {f"member_{k}" for k in range(5)} <= names and "member_5" not in names
