@@ -56,6 +56,9 @@ SETTLE_POLL_S = 0.02
 LIVENESS_STALL_S = 300.0
 READINESS_STALL_S = 60.0
 SCORING_ERROR = "scoring_error"
+#: Net allocations of container objects between collections of the youngest generation
+#: (``Worker._raise_gc_threshold``).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,7 @@ class Worker:
         # (tests, notebooks) would otherwise keep every finished one, cycles, producers,
         # their threads and connections included, frozen for good.
         stack.callback(gc.unfreeze)
+        self._raise_gc_threshold(stack)
         if self.handle_signals:
             self._install_signals(stack)
         self.metrics.set_up(True)
@@ -331,6 +335,21 @@ class Worker:
                 "metrics_port": self.metrics_port,
             },
         )
+
+    @staticmethod
+    def _raise_gc_threshold(stack: ExitStack) -> None:
+        """Run the young-generation collection after ``GC_YOUNG_THRESHOLD`` net allocations,
+        not the default 700, until the worker stops.
+
+        Every batch keeps thousands of consumed messages alive until it commits: at 700
+        the collector ran several times a batch, scanned them while young and again in
+        the older generations, and cost 0.6 us a record on the digits backlog (4% of the
+        process, holding the GIL); at 10,000 it runs a few times in 400,000 records.
+        Garbage with cycles still goes within those allocations.
+        """
+        thresholds = gc.get_threshold()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
+        stack.callback(gc.set_threshold, *thresholds)
 
     def _make_metrics(self) -> WorkerMetrics:
         cfg = self.config
@@ -595,7 +614,7 @@ class Worker:
 def _row_labels(decoded: DecodedBatch) -> Sequence[tuple[str, str, str]] | None:
     """Each row's (model name, version, namespace), or None when no message named one."""
     labels = decoded.model_labels
-    if not any(label is not None for label in labels):
+    if labels.count(None) == len(labels):  # in C: a generator cost 0.02 us a message
         return None
     per_message = [
         (lab.model_name or "", lab.model_version or "", lab.namespace or "")
