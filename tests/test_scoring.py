@@ -31,9 +31,9 @@ def test_big_inputs_are_scored_in_chunks_that_bound_their_memory() -> None:
     from monitor.stream.scoring import MAX_CHUNK_ELEMENTS, chunk_rows
 
     assert chunk_rows(2048, (8, 8)) == 2048  # small rows: the whole batch at once
-    assert chunk_rows(2048, (32, 32, 3)) == 1024  # images: 1,024 rows of 3,072 elements
+    assert chunk_rows(2048, (32, 32, 3)) == 512  # images: 512 rows of 3,072 elements
     assert chunk_rows(512, (32, 32, 3)) == 512  # never more than asked
-    assert chunk_rows(2048, (1000, 1000)) == 4
+    assert chunk_rows(2048, (1000, 1000)) == 2
     assert chunk_rows(2048, (MAX_CHUNK_ELEMENTS * 2,)) == 1  # at least one row
     for shape in [(5,), (8, 8), (28, 28, 1), (32, 32, 3), (224, 224, 3)]:
         rows = chunk_rows(4096, shape)
