@@ -251,6 +251,24 @@ ODD_IDS = st.one_of(
 ID_BYTES = st.one_of(PLAIN_IDS, PLAIN_IDS, PLAIN_IDS, PLAIN_IDS, ODD_IDS)
 
 
+def property_settings(examples: int) -> Any:
+    """Hypothesis settings of these properties: large batches, no deadline."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+def mutated(draw: st.DrawFn, values: list[bytes], times: int) -> list[bytes]:
+    """``values`` with ``times`` drawn ``MUTATIONS``, each of one record by another."""
+    for _ in range(times):
+        i = draw(st.integers(0, len(values) - 1))
+        j = draw(st.integers(0, len(values) - 1))
+        values[i] = draw(st.sampled_from(MUTATIONS))(values[i], values[j])
+    return values
+
+
 @st.composite
 def templated_batches(draw: st.DrawFn) -> tuple[InputSpec, list[bytes]]:
     spec = draw(st.sampled_from(SPECS))
@@ -262,18 +280,10 @@ def templated_batches(draw: st.DrawFn) -> tuple[InputSpec, list[bytes]]:
         x = np.array(draw(st.lists(numbers, min_size=spec.size, max_size=spec.size)), dtype=object)
         array = json.dumps(x.reshape(spec.shape).tolist()).encode()
         values.append(head + draw(ID_BYTES) + middle + array + b"}")
-    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
-        i = draw(st.integers(0, len(values) - 1))
-        j = draw(st.integers(0, len(values) - 1))
-        values[i] = draw(st.sampled_from(MUTATIONS))(values[i], values[j])
-    return spec, values
+    return spec, mutated(draw, values, draw(st.sampled_from([0, 0, 1, 2])))
 
 
-@settings(
-    max_examples=400,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@property_settings(400)
 @given(case=templated_batches())
 def test_the_template_path_decodes_exactly_as_one_by_one(
     case: tuple[InputSpec, list[bytes]],
@@ -335,18 +345,10 @@ MUTATIONS = [
 def batches(draw: st.DrawFn) -> tuple[InputSpec, list[bytes]]:
     spec = draw(st.sampled_from(SPECS))
     values = draw(st.lists(valid_records(spec), min_size=1, max_size=6))
-    for _ in range(draw(st.integers(0, 2))):
-        i = draw(st.integers(0, len(values) - 1))
-        j = draw(st.integers(0, len(values) - 1))
-        values[i] = draw(st.sampled_from(MUTATIONS))(values[i], values[j])
-    return spec, values
+    return spec, mutated(draw, values, draw(st.integers(0, 2)))
 
 
-@settings(
-    max_examples=400,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@property_settings(400)
 @given(case=batches())
 def test_the_batch_path_decodes_exactly_as_one_by_one(case: tuple[InputSpec, list[bytes]]) -> None:
     spec, values = case
@@ -386,11 +388,7 @@ def test_records_with_cloudevents_headers_take_the_batch_path_with_header_ids_an
     assert got.model_labels[0] is not None and got.model_labels[0].model_name == "digits"
 
 
-@settings(
-    max_examples=300,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@property_settings(300)
 @given(case=batches(), data=st.data())
 def test_with_headers_the_batch_path_decodes_exactly_as_one_by_one(
     case: tuple[InputSpec, list[bytes]], data: st.DataObject
