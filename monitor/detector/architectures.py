@@ -31,7 +31,7 @@ MIN_IMAGE_SIDE = 16
 # Hidden layers of the default model for flat or small inputs (``fit --hidden-layers``).
 # Averaged over five members (``ensemble``), three layers separated harmful from harmless
 # inputs best across the four benchmark cases (mean ROC-AUC 0.854 on validation data,
-# against 0.844 for two layers and 0.840 for one), at about 4x the scoring cost of one
+# against 0.844 for two layers and 0.840 for one), at 4 to 8 times the scoring cost of one
 # model with one layer (docs/detector-selection.md).
 DEFAULT_DEPTH = 3
 
