@@ -32,7 +32,7 @@ def record_maker(pool: list[bytes]) -> Callable[[int], bytes]:
     return value_of
 
 
-def protobuf_maker(pool_x: Sequence[np.ndarray]) -> Callable[[int], bytes]:
+def protobuf_maker(pool_x: Sequence[np.ndarray] | np.ndarray) -> Callable[[int], bytes]:
     """``ModelInferRequest`` records of the pool's float32 instances, one row each."""
     from monitor.stream.protobuf_format import schema
 
@@ -58,7 +58,7 @@ def write_topic(
     partitions: int,
     bootstrap: str = BOOTSTRAP,
     fmt: Format = "json",
-    pool_x: Sequence[np.ndarray] = (),
+    pool_x: Sequence[np.ndarray] | np.ndarray = (),
 ) -> dict[str, float]:
     """Create ``topic`` and fill it with ``n`` records (JSON from ``pool``, protobuf
     from ``pool_x``); returns timing and size facts."""

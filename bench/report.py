@@ -39,6 +39,9 @@ def _ratios(d: dict[str, Any], scores: dict[str, float], batch: str) -> dict[str
     """Bounds and ratios of one section; ``scores`` is raw scoring by batch size."""
     c, dec = d["consume"]["rate"], d["decode"]["rate"]
     out: dict[str, float] = {"decode_vs_consume": dec / c}
+    if floor := d.get("decode_floor"):
+        out["parse_vs_consume"] = floor["parse"] / c
+        out["floor_vs_consume"] = floor["both"] / c
     s = scores.get(batch)
     if s is None:
         return out
@@ -145,6 +148,10 @@ def table(r: dict[str, Any], derived: dict[str, Any]) -> str:
             row(f"2 raw scoring, batch {size}", rate)
         if dec := d.get("decode"):
             row(f"3 decode (RecordDecoder, batches of {batch})", dec["rate"])
+        if floor := d.get("decode_floor"):
+            row("3 decode floor: simdjson parse of the instances alone", floor["parse"])
+            row("3 decode floor: skeleton check alone", floor["check"])
+            row("3 decode floor: both, nothing else", floor["both"])
         for key, what in (
             ("worker_alo", "4 worker, at-least-once"),
             ("worker_eos", "4 worker, exactly-once"),
@@ -199,6 +206,8 @@ def table(r: dict[str, Any], derived: dict[str, Any]) -> str:
                 row(f"   min(consume, score@{batch})", ratios["consume_or_score"])
             for key, what in (
                 ("decode_vs_consume", "decode / raw consume"),
+                ("parse_vs_consume", "simdjson parse alone / raw consume"),
+                ("floor_vs_consume", "decode floor (parse + skeleton check) / raw consume"),
                 ("worker_vs_consume_or_score", f"worker / min(consume, score@{batch})"),
                 ("worker_vs_serial", "worker / serial bound"),
                 ("worker_vs_min_stage", "worker / min(stages)"),

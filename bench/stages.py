@@ -2,7 +2,9 @@
 
 1. consume: confluent-kafka with the worker's consumer settings, messages discarded;
 2. score: the worker's scoring step (``DetectorHandle.score``) on in-memory batches;
-3. decode: the worker's ``RecordDecoder`` on the consumed messages.
+3. decode: the worker's ``RecordDecoder`` on the consumed messages; for JSON records the
+   whole-batch path reads, also the two steps that path cannot avoid, timed alone on the
+   same batches (``json_decode_floor``).
 
 Each runs in this process, which has TensorFlow loaded like the worker has, with
 ``gc.freeze()`` applied by the caller after start-up like the worker does.
@@ -13,11 +15,15 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import simdjson
 from confluent_kafka import Consumer, Message
 
 from monitor.config import WorkerConfig
+from monitor.stream import json_batch
+from monitor.stream.formats import skeleton
 from monitor.stream.records import InputSpec, RecordDecoder, RecordFormat
 from monitor.stream.scoring import DetectorHandle
 
@@ -95,6 +101,53 @@ def decode_limit(
                 rows.append(decoded.X)
         best = max(best, len(messages) / (time.perf_counter() - started))
     return best, np.concatenate(rows)
+
+
+def json_decode_floor(
+    values: list[bytes], shape: tuple[int, ...], batch: int, repeat: int = 3
+) -> dict[str, float] | None:
+    """Best records/s of the two steps every JSON batch of plain records needs, timed
+    alone on the batches' instances cut out beforehand: simdjson parsing them into one
+    float64 buffer (``parse``), and the skeleton check proving each one's shape
+    (``check``; ``bytes.translate``, then a comparison). ``both`` is 1/(1/parse + 1/check):
+    what decoding would reach if nothing else cost anything. None: the records are not
+    plain ``{"id": ..., "instance": [...]}`` ones of a shape the whole-batch path reads."""
+    if not json_batch.applies(InputSpec(shape=shape, n_classes=10)):
+        return None
+    instances = []
+    for value in values:
+        head = json_batch.HEAD.match(value)
+        if head is None or not value.endswith(b"}"):
+            return None
+        instances.append(value[head.end() : -1])
+    batches = [instances[i : i + batch] for i in range(0, len(instances), batch)]
+    parse_texts = [b"[" + b",".join(b) + b"]" for b in batches]
+    check_texts = [b"[" + json_batch.MARK.join(b) + b"]" for b in batches]
+    one = skeleton(shape)
+    expected = [b"[" + json_batch.MARK.join([one] * len(b)) + b"]" for b in batches]
+    parser = simdjson.Parser()
+
+    def parse() -> None:
+        for text in parse_texts:
+            doc: Any = parser.parse(text)
+            np.frombuffer(doc.as_buffer(of_type="d"), dtype=np.float64)
+            del doc  # the parser is reused: no proxy may outlive its document
+
+    def check() -> None:
+        for text, skeleton_text in zip(check_texts, expected, strict=True):
+            if text.translate(None, json_batch.NUMBERS_AND_BLANKS) != skeleton_text:
+                raise RuntimeError("a bench record is not of the detector's input shape")
+
+    rates = {}
+    for name, step in (("parse", parse), ("check", check)):
+        best = 0.0
+        for _ in range(repeat):
+            started = time.perf_counter()
+            step()
+            best = max(best, len(values) / (time.perf_counter() - started))
+        rates[name] = best
+    rates["both"] = 1.0 / (1.0 / rates["parse"] + 1.0 / rates["check"])
+    return rates
 
 
 def score_limit(handle: DetectorHandle, X: np.ndarray, batch: int, seconds: float) -> float:
