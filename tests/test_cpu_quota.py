@@ -147,7 +147,7 @@ def test_this_machine_agrees_with_affinity_when_unlimited() -> None:
 def test_tensorflow_threads_follow_the_quota_not_the_node(
     host: FakeHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The Deployment's 2-CPU limit on a 64-core node: one thread, not 63."""
+    """The Deployment's 2-CPU limit on a 64-core node: two threads, not 64."""
     host.self_files("0::/\n", V2_MOUNT)
     host.write("/sys/fs/cgroup/cpu.max", "200000 100000")
     monkeypatch.setattr(cpus, "affinity_cpus", lambda: 64)
@@ -155,5 +155,5 @@ def test_tensorflow_threads_follow_the_quota_not_the_node(
         "monitor.stream.scoring.available_cpus",
         lambda: available_cpus(host.proc, host.root),
     )
-    assert tensorflow_threads(0) == 1
+    assert tensorflow_threads(0) == 2
     assert tensorflow_threads(4) == 4
