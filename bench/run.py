@@ -65,7 +65,7 @@ PROTOBUF_OPTION = "--record-format=v2-protobuf"
 # Every figure the ratios use is the best of this many runs (decoding: of 3 passes): one
 # run on a shared 2-core machine varies by 10 to 15%, and stages and workers must be
 # measured alike for their ratios to mean anything.
-BEST_OF = {"full": 2, "quick": 1}
+BEST_OF = {"full": 3, "quick": 1}
 
 
 def _local_kafka() -> Any:
