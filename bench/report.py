@@ -183,8 +183,9 @@ def table(r: dict[str, Any], derived: dict[str, Any]) -> str:
                 f"{n['records']:,} records",
             )
         if s := d.get("steady"):
+            settings = " ".join(meta.get("worker_options") or []) or "default settings"
             row(
-                f"6 steady {s['rate']:,.0f} records/s for {s['seconds']:.0f} s (default settings)",
+                f"6 steady {s['rate']:,.0f} records/s for {s['seconds']:.0f} s ({settings})",
                 s["achieved_rate"],
                 f"latency p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms, p99 "
                 f"{s['p99_ms']:.0f} ms, max {s['max_ms']:.0f} ms over {s['alerts']:,} alerts; "
